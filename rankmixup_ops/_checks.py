@@ -1,0 +1,154 @@
+"""Argument checking shared by every public function (SPEC §9).
+
+Every check here reads only tensor metadata (shape, dtype, device) and so costs no host
+synchronisation; the checks that must read tensor *values* (label range, permutations, lam
+range) live in :func:`validate_values` and run only when asked (``validate=True`` or the
+environment variable ``RANKMIXUP_VALIDATE=1``).
+
+Messages name the calling function and the argument: ``"rankmixup_loss: targets must be ..."``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MODES = ("mndcg", "mrl")
+SCORES = ("logit", "prob")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def tensor(fn: str, name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {_describe(value)}")
+    return value
+
+
+def floating(fn: str, name: str, value) -> torch.Tensor:
+    tensor(fn, name, value)
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: {name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got {_describe(value)}"
+        )
+    return value
+
+
+def integer(fn: str, name: str, value) -> torch.Tensor:
+    """An integer tensor (bool excluded), returned as int64."""
+    tensor(fn, name, value)
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} must be an integer tensor, got {_describe(value)}")
+    return value.long()
+
+
+def shape(fn: str, name: str, value: torch.Tensor, expected: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"{fn}: {name} must have shape {expected}, got {_describe(value)}")
+
+
+def same_device(fn: str, reference_name: str, reference: torch.Tensor, **others) -> None:
+    for name, value in others.items():
+        if value.device != reference.device:
+            raise ValueError(
+                f"{fn}: {name} is on {value.device} but {reference_name} is on "
+                f"{reference.device}; all tensors must be on one device"
+            )
+
+
+def choice(fn: str, name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{fn}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def real(fn: str, name: str, value, *, low: float | None = None, high: float | None = None) -> float:
+    """A finite Python/NumPy real in ``[low, high]``, returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: {name} must be finite, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ValueError(f"{fn}: {name} must be in {bounds}, got {value}")
+    return value
+
+
+def integral(fn: str, name: str, value, *, low: int | None = None) -> int:
+    """A Python integer, ``>= low`` when ``low`` is given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an int, got {_describe(value)}")
+    if low is not None and value < low:
+        raise ValueError(f"{fn}: {name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def flag(fn: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a bool, got {_describe(value)}")
+    return value
+
+
+def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
+    """Checks ``index`` ``(K, B)`` and ``lam`` ``(K,)`` or ``(K, B)``.
+
+    ``lam`` may also be a Python number or sequence (as the reference code passes it).
+    Returns ``(lam, index)`` as float32 ``(K, B)`` and int64 ``(K, B)``.
+    """
+    index = integer(fn, "index", index)
+    shape(fn, "index", index, "(K, B) with K >= 1 and B >= 1", index.dim() == 2 and index.numel() > 0)
+    num_mix, index_batch = index.shape
+    if batch is not None:
+        shape(fn, "index", index, f"(K, {batch}) to match the batch", index_batch == batch)
+    if not isinstance(lam, torch.Tensor):
+        if isinstance(lam, bool) or not isinstance(lam, (numbers.Real, Sequence)):
+            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence, got {_describe(lam)}")
+        lam = torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
+    floating(fn, "lam", lam)
+    shape(
+        fn,
+        "lam",
+        lam,
+        f"({num_mix},) or ({num_mix}, {index_batch}) to match index",
+        lam.shape in ((num_mix,), (num_mix, index_batch)),
+    )
+    same_device(fn, "index", index, lam=lam)
+    lam = lam.to(torch.float32)
+    if lam.dim() == 1:
+        lam = lam.unsqueeze(1).expand(num_mix, index_batch)
+    return lam, index
+
+
+def validation_requested(validate: bool) -> bool:
+    return validate or os.environ.get("RANKMIXUP_VALIDATE", "0") not in ("", "0")
+
+
+def validate_values(fn: str, *, lam=None, index=None, targets=None, num_classes=None, ignore_index=None):
+    """The checks that read tensor values, and so synchronise with the device."""
+    if lam is not None and not bool(((lam >= 0) & (lam <= 1)).all()):
+        raise ValueError(f"{fn}: lam must lie in [0, 1] (validate=True found a value outside)")
+    if index is not None:
+        expected = torch.arange(index.shape[1], device=index.device)
+        if not bool((index.sort(dim=1).values == expected).all()):
+            raise ValueError(f"{fn}: every row of index must be a permutation of 0..B-1 (validate=True)")
+    if targets is not None:
+        in_range = (targets >= 0) & (targets < num_classes)
+        if ignore_index is not None:
+            in_range |= targets == ignore_index
+        if not bool(in_range.all()):
+            raise ValueError(
+                f"{fn}: targets must lie in [0, {num_classes}) or equal ignore_index={ignore_index} "
+                "(validate=True found one outside)"
+            )

@@ -1,0 +1,131 @@
+"""Backend registry: which implementations this install has, and which one a call uses.
+
+A backend is an object with two methods over *checked* arguments (see
+:mod:`rankmixup_ops.functional`):
+
+- ``loss(logits, mix_logits, targets, rel, *, mode, ce_weight, alpha, margin, score,
+  ignore_index, label_smoothing, reduction) -> LossOutput``
+- ``mix(x, lam, index) -> Tensor``
+
+and a ``unsupported(device) -> str | None`` that says why it cannot run on a device.
+``reference`` is always there; compiled backends register a loader that either returns the
+backend or raises :class:`BackendUnavailable` with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from . import reference
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot be loaded in this install; the message says why and how to get it."""
+
+
+class BackendStatus(NamedTuple):
+    available: bool
+    reason: str
+
+
+class _Reference:
+    """The pure-PyTorch oracle (autograd by PyTorch), on any device."""
+
+    name = "reference"
+
+    @staticmethod
+    def unsupported(device: torch.device) -> str | None:
+        return None
+
+    @staticmethod
+    def loss(logits, mix_logits, targets, rel, **options):
+        return reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, **options)
+
+    @staticmethod
+    def mix(x, lam, index):
+        return reference.mix(x, lam, index)
+
+
+def _not_yet(name: str, issue: str) -> Callable[[], object]:
+    def load():
+        raise BackendUnavailable(f"the {name} backend is not implemented in this version ({issue})")
+
+    return load
+
+
+_LOADERS: dict[str, Callable[[], object]] = {
+    "reference": lambda: _Reference,
+    "cpu": _not_yet("cpu", "compiled C++ CPU kernels are planned"),
+    "cuda": _not_yet("cuda", "compiled CUDA kernels are planned"),
+    "triton": _not_yet("triton", "Triton kernels are planned"),
+}
+
+# The order `auto` tries backends in, per device type, fastest first.
+_AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
+
+
+@functools.cache
+def _load(name: str):
+    """The backend object, or the BackendUnavailable it raised (cached either way)."""
+    try:
+        return _LOADERS[name]()
+    except BackendUnavailable as error:
+        return error
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Every backend this package knows, whether this install has it, and why not if not.
+
+    >>> available_backends()["reference"]
+    BackendStatus(available=True, reason='pure PyTorch, always available')
+    """
+    statuses = {}
+    for name in BACKENDS:
+        loaded = _load(name)
+        if isinstance(loaded, BackendUnavailable):
+            statuses[name] = BackendStatus(False, str(loaded))
+        elif name == "reference":
+            statuses[name] = BackendStatus(True, "pure PyTorch, always available")
+        else:
+            statuses[name] = BackendStatus(True, "available")
+    return statuses
+
+
+@functools.cache
+def _warn_fallback(device_type: str) -> None:
+    """Said once per device type per process."""
+    reasons = "; ".join(str(_load(name)) for name in _AUTO_ORDER.get(device_type, ()))
+    warnings.warn(
+        f"rankmixup_ops: no compiled backend for {device_type} tensors, using the pure-PyTorch "
+        f"reference ({reasons or 'none exists for this device'}). See available_backends().",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def resolve(fn: str, backend: str, device: torch.device):
+    """The backend object that will run a call on ``device``; raises ValueError for unknown
+    names and BackendUnavailable for a named backend that cannot run here."""
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(device.type, ()):
+            loaded = _load(name)
+            if not isinstance(loaded, BackendUnavailable) and loaded.unsupported(device) is None:
+                return loaded
+        _warn_fallback(device.type)
+        return _Reference
+    if backend not in BACKENDS:
+        raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    loaded = _load(backend)
+    if isinstance(loaded, BackendUnavailable):
+        raise BackendUnavailable(f"{fn}: backend {backend!r} is not available: {loaded}")
+    reason = loaded.unsupported(device)
+    if reason is not None:
+        raise ValueError(f"{fn}: backend {backend!r} cannot run on {device}: {reason}")
+    return loaded

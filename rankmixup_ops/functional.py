@@ -1,0 +1,231 @@
+"""The public loss functions: check arguments, choose a backend, call it.
+
+Every function here checks its arguments before any kernel runs (SPEC §9) and then hands
+normalised tensors to one backend (:mod:`rankmixup_ops.backends`):
+
+- ``mix_logits`` as ``(K*B, C)``; ``lam`` as float32 ``(K, B)``; ``targets``/``index`` as int64;
+- the pairing of each mix reduced to its relevance ``rel`` ``(K, B)`` (SPEC §3), which is all
+  the loss needs to know about ``lam``, ``index`` and the partner's label.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks as check
+from . import reference
+from ._types import LossOutput
+from .backends import resolve
+
+__all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
+
+
+def rankmixup_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    lam,
+    index: torch.Tensor,
+    *,
+    mode: str = "mndcg",
+    alpha: float = 0.1,
+    margin: float = 2.0,
+    score: str = "logit",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = False,
+    backend: str = "auto",
+) -> LossOutput:
+    """RankMixup loss ``CE(logits) + alpha * rank(logits, mix_logits)``.
+
+    Args:
+        logits: ``(B, C)`` network output on the raw batch (float16/bfloat16/float32/float64).
+        mix_logits: ``(K*B, C)`` (or ``(K, B, C)``) output on the mixed batch, mix-major as
+            :func:`rankmixup_ops.mix` lays it out; same dtype and device as ``logits``.
+        targets: ``(B,)`` integer labels; ``ignore_index`` marks samples to skip.
+        lam: mixing coefficients, ``(K,)`` or ``(K, B)``.
+        index: ``(K, B)`` integer partners; row k a permutation of ``0..B-1``.
+        mode: ``"mndcg"`` (M-NDCG) or ``"mrl"`` (margin ranking).
+        alpha: weight of the rank term (>= 0).
+        margin: MRL margin (``mode="mrl"`` only).
+        score: MRL score, ``"logit"`` (max logit) or ``"prob"`` (max softmax); M-NDCG always
+            ranks by confidence.
+        label_smoothing: for the CE term, as in ``torch.nn.functional.cross_entropy``.
+        reduction: ``"mean"`` over valid samples, ``"sum"``, or ``"none"`` (per sample, 0 for
+            ignored ones).
+        validate: also run the checks that read values (label range, permutations, lam in
+            [0, 1]); they synchronise with the device. ``RANKMIXUP_VALIDATE=1`` turns them on too.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+
+    Returns:
+        ``LossOutput(loss, ce, rank)``; ``ce`` and ``rank`` are detached. The loss is float32
+        (float64 for float64 logits) whatever the input dtype.
+    """
+    fn = "rankmixup_loss"
+    return _loss(
+        fn,
+        logits,
+        mix_logits,
+        targets,
+        lam,
+        index,
+        mode=check.choice(fn, "mode", mode, check.MODES),
+        ce_weight=1.0,
+        alpha=check.real(fn, "alpha", alpha, low=0.0),
+        margin=check.real(fn, "margin", margin),
+        score=score,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        validate=validate,
+        backend=backend,
+    )
+
+
+def mrl_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    lam,
+    index: torch.Tensor,
+    *,
+    margin: float = 2.0,
+    score: str = "logit",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    validate: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The MRL rank term alone: ``(1/K) sum_k keep * relu(score(mix) - score(raw) + margin)``,
+    reduced over valid samples. Arguments as in :func:`rankmixup_loss`."""
+    fn = "mrl_loss"
+    return _loss(
+        fn,
+        logits,
+        mix_logits,
+        targets,
+        lam,
+        index,
+        mode="mrl",
+        ce_weight=0.0,
+        alpha=1.0,
+        margin=check.real(fn, "margin", margin),
+        score=score,
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        reduction=reduction,
+        validate=validate,
+        backend=backend,
+    ).loss
+
+
+def mndcg_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    lam,
+    index: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    validate: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The M-NDCG rank term alone: ``1 - NDCG`` of [raw, mixes by relevance], reduced over
+    valid samples. Arguments as in :func:`rankmixup_loss`."""
+    return _loss(
+        "mndcg_loss",
+        logits,
+        mix_logits,
+        targets,
+        lam,
+        index,
+        mode="mndcg",
+        ce_weight=0.0,
+        alpha=1.0,
+        margin=0.0,
+        score="logit",
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        reduction=reduction,
+        validate=validate,
+        backend=backend,
+    ).loss
+
+
+def _loss(fn, logits, mix_logits, targets, lam, index, *, validate, backend, **options) -> LossOutput:
+    logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
+    options = _check_options(fn, **options)
+    if check.validation_requested(check.flag(fn, "validate", validate)):
+        check.validate_values(
+            fn,
+            lam=lam,
+            index=index,
+            targets=targets,
+            num_classes=logits.shape[1],
+            ignore_index=options["ignore_index"],
+        )
+    rel = reference.relevance(targets, lam, index)
+    impl = resolve(fn, backend, logits.device)
+    return impl.loss(logits, mix_logits, targets, rel, **options)
+
+
+def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
+    """Shape/dtype/device checks of the loss tensors; returns them normalised
+    (``mix_logits`` ``(K*B, C)``, ``lam`` float32 ``(K, B)``, ``targets``/``index`` int64)."""
+    check.floating(fn, "logits", logits)
+    check.shape(fn, "logits", logits, "(B, C) with B >= 1 and C >= 1", logits.dim() == 2 and logits.numel() > 0)
+    batch, num_classes = logits.shape
+    targets = check.integer(fn, "targets", targets)
+    check.shape(fn, "targets", targets, f"({batch},) to match logits", targets.shape == (batch,))
+    lam, index = check.mixing(fn, lam, index, batch=batch, device=logits.device)
+    num_mix = index.shape[0]
+    check.floating(fn, "mix_logits", mix_logits)
+    check.shape(
+        fn,
+        "mix_logits",
+        mix_logits,
+        f"(K*B, C) = ({num_mix * batch}, {num_classes}) or (K, B, C) = ({num_mix}, {batch}, {num_classes})",
+        mix_logits.shape in ((num_mix * batch, num_classes), (num_mix, batch, num_classes)),
+    )
+    if mix_logits.dtype != logits.dtype:
+        raise TypeError(f"{fn}: mix_logits has dtype {mix_logits.dtype} but logits has {logits.dtype}; they must match")
+    check.same_device(fn, "logits", logits, mix_logits=mix_logits, targets=targets, lam=lam, index=index)
+    return logits, mix_logits.reshape(num_mix * batch, num_classes), targets, lam, index
+
+
+def _check_options(fn, *, mode, ce_weight, alpha, margin, score, ignore_index, label_smoothing, reduction):
+    return dict(
+        mode=mode,
+        ce_weight=ce_weight,
+        alpha=alpha,
+        margin=margin,
+        score=check.choice(fn, "score", score, check.SCORES),
+        ignore_index=check.integral(fn, "ignore_index", ignore_index),
+        label_smoothing=check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0),
+        reduction=check.choice(fn, "reduction", reduction, check.REDUCTIONS),
+    )
+
+
+def soft_targets(
+    targets: torch.Tensor,
+    lam,
+    index: torch.Tensor,
+    num_classes: int,
+    *,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mixed soft labels for plain mixup cross-entropy, ``(K*B, num_classes)`` float32:
+    ``soft[k*B+b] = lam*y[b] + (1-lam)*y[index[k,b]]`` with ``y`` the (smoothed) one-hot label.
+
+    Labels outside ``[0, num_classes)`` (ignored samples) contribute rows of zeros.
+    """
+    fn = "soft_targets"
+    targets = check.integer(fn, "targets", targets)
+    check.shape(fn, "targets", targets, "(B,) with B >= 1", targets.dim() == 1 and targets.numel() > 0)
+    lam, index = check.mixing(fn, lam, index, batch=targets.shape[0], device=targets.device)
+    check.same_device(fn, "targets", targets, lam=lam, index=index)
+    num_classes = check.integral(fn, "num_classes", num_classes, low=1)
+    label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    return reference.soft_targets(targets, lam, index, num_classes, label_smoothing)

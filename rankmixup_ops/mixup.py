@@ -1,0 +1,92 @@
+"""Mixup generation: sampling ``(lam, index)`` on the device, and the mix op (SPEC §2)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks as check
+from ._types import MixupBatch
+from .backends import resolve
+
+__all__ = ["sample_mixup", "mix", "mixup"]
+
+
+def sample_mixup(
+    batch_size: int,
+    num_mix: int,
+    alpha: float,
+    *,
+    per_sample: bool = False,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws mixing coefficients and partners for ``num_mix`` mixes of a batch.
+
+    ``lam`` ``(K, B)`` float32 is ``Beta(alpha, alpha)``, one value per mix (repeated over the
+    batch) or, with ``per_sample=True``, one per sample; ``alpha <= 0`` gives ``lam = 1``
+    (mixing off). ``index`` ``(K, B)`` int64 holds K independent uniform permutations.
+
+    Everything is drawn on ``device`` (default: the generator's device, else the current
+    default device) from ``generator`` when given, with no host synchronisation; a seeded
+    generator reproduces the draw.
+    """
+    fn = "sample_mixup"
+    batch_size = check.integral(fn, "batch_size", batch_size, low=1)
+    num_mix = check.integral(fn, "num_mix", num_mix, low=1)
+    alpha = check.real(fn, "alpha", alpha)
+    per_sample = check.flag(fn, "per_sample", per_sample)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"sample_mixup: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if device is None:
+        device = generator.device if generator is not None else torch.get_default_device()
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"sample_mixup: generator is on {generator.device} but device is {device}")
+
+    lam_shape = (num_mix, batch_size if per_sample else 1)
+    if alpha > 0:
+        # A Dirichlet over two components is Beta(alpha, alpha) in its first; unlike
+        # torch.distributions.Beta, _sample_dirichlet takes a generator.
+        concentration = torch.full((*lam_shape, 2), alpha, device=device)
+        lam = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+    else:
+        lam = torch.ones(lam_shape, device=device)
+    # Sorting i.i.d. uniforms gives a uniform permutation per row in one launch; float64 keys
+    # make ties (which would bias the draw) vanishingly rare.
+    keys = torch.rand(num_mix, batch_size, device=device, dtype=torch.float64, generator=generator)
+    index = keys.argsort(dim=1)
+    return lam.expand(num_mix, batch_size).contiguous(), index
+
+
+def mix(x: torch.Tensor, lam, index: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """``out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]]``, shape ``(K*B, *x.shape[1:])``.
+
+    Differentiable in ``x``. ``lam`` is ``(K,)`` or ``(K, B)``; ``index`` ``(K, B)``. Arithmetic
+    is float32 (float64 for float64 ``x``); the result has ``x``'s dtype.
+    """
+    fn = "mix"
+    check.floating(fn, "x", x)
+    check.shape(fn, "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
+    lam, index = check.mixing(fn, lam, index, batch=x.shape[0], device=x.device)
+    check.same_device(fn, "x", x, lam=lam, index=index)
+    return resolve(fn, backend, x.device).mix(x, lam, index)
+
+
+def mixup(
+    x: torch.Tensor,
+    num_mix: int = 3,
+    alpha: float = 2.0,
+    *,
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> MixupBatch:
+    """Samples ``num_mix`` mixes of the batch ``x`` and builds them.
+
+    Returns ``MixupBatch(inputs, lam, index)``: ``inputs`` ``(K*B, *feat)`` mix-major, and the
+    ``lam``/``index`` the loss needs. The defaults are the paper's M-NDCG setting (K=3, alpha=2).
+    """
+    check.floating("mixup", "x", x)
+    check.shape("mixup", "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
+    lam, index = sample_mixup(x.shape[0], num_mix, alpha, per_sample=per_sample, device=x.device, generator=generator)
+    return MixupBatch(mix(x, lam, index, backend=backend), lam, index)

@@ -1,0 +1,106 @@
+"""nn.Module front ends of the functional API."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _checks as check
+from ._types import LossOutput, MixupBatch
+from .functional import rankmixup_loss
+from .mixup import mixup
+
+__all__ = ["RankMixupLoss", "Mixup"]
+
+
+class RankMixupLoss(nn.Module):
+    """:func:`rankmixup_ops.rankmixup_loss` as a module; options are fixed at construction
+    and checked there.
+
+    >>> criterion = RankMixupLoss(mode="mndcg", alpha=0.1)
+    >>> out = criterion(logits, mix_logits, targets, batch.lam, batch.index)  # doctest: +SKIP
+    >>> out.loss.backward()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        mode: str = "mndcg",
+        alpha: float = 0.1,
+        margin: float = 2.0,
+        score: str = "logit",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        validate: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        fn = "RankMixupLoss"
+        self.mode = check.choice(fn, "mode", mode, check.MODES)
+        self.alpha = check.real(fn, "alpha", alpha, low=0.0)
+        self.margin = check.real(fn, "margin", margin)
+        self.score = check.choice(fn, "score", score, check.SCORES)
+        self.ignore_index = check.integral(fn, "ignore_index", ignore_index)
+        self.label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
+        self.validate = check.flag(fn, "validate", validate)
+        self.backend = backend
+
+    def forward(self, logits, mix_logits, targets, lam, index) -> LossOutput:
+        return rankmixup_loss(
+            logits,
+            mix_logits,
+            targets,
+            lam,
+            index,
+            mode=self.mode,
+            alpha=self.alpha,
+            margin=self.margin,
+            score=self.score,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            validate=self.validate,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        margin = f", margin={self.margin}, score={self.score!r}" if self.mode == "mrl" else ""
+        return f"mode={self.mode!r}, alpha={self.alpha}{margin}, reduction={self.reduction!r}"
+
+
+class Mixup(nn.Module):
+    """:func:`rankmixup_ops.mixup` as a module: ``Mixup(num_mix, alpha)(x) -> MixupBatch``.
+
+    It mixes in training and in eval mode alike: RankMixup needs the mixes to compute its
+    loss, and whether to compute a loss is the training loop's decision.
+    """
+
+    def __init__(
+        self,
+        num_mix: int = 3,
+        alpha: float = 2.0,
+        *,
+        per_sample: bool = False,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.num_mix = check.integral("Mixup", "num_mix", num_mix, low=1)
+        self.alpha = check.real("Mixup", "alpha", alpha)
+        self.per_sample = check.flag("Mixup", "per_sample", per_sample)
+        self.generator = generator
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> MixupBatch:
+        return mixup(
+            x,
+            self.num_mix,
+            self.alpha,
+            per_sample=self.per_sample,
+            generator=self.generator,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_mix={self.num_mix}, alpha={self.alpha}, per_sample={self.per_sample}"

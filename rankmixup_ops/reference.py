@@ -1,0 +1,195 @@
+"""Pure-PyTorch reference implementation: the oracle every other backend answers to.
+
+Written to be read next to SPEC.md, not to be fast. Autograd comes from PyTorch.
+These functions assume their arguments were checked by :mod:`rankmixup_ops.functional`
+(shapes, dtypes, devices); they do no checking of their own.
+
+Shapes: ``B`` samples, ``C`` classes, ``K`` mixes per sample.
+``logits`` is ``(B, C)``, ``mix_logits`` is ``(K*B, C)`` mix-major (row ``k*B + b`` is mix k
+of sample b), ``lam`` is ``(K, B)``, ``index`` is ``(K, B)`` (row k a permutation of 0..B-1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._types import LossOutput
+
+__all__ = [
+    "mix",
+    "soft_targets",
+    "relevance",
+    "rankmixup_loss",
+    "rankmixup_loss_from_relevance",
+]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are computed in float64, everything else in float32 (SPEC §6)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]]`` (SPEC §2)."""
+    num_mix, batch = index.shape
+    acc = accumulation_dtype(x.dtype)
+    lam = lam.to(acc).reshape(num_mix, batch, *([1] * (x.dim() - 1)))
+    xa = x.to(acc)
+    mixed = lam * xa.unsqueeze(0) + (1 - lam) * xa[index]
+    return mixed.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype)
+
+
+def soft_targets(
+    targets: torch.Tensor,
+    lam: torch.Tensor,
+    index: torch.Tensor,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mixed soft labels ``lam*y[b] + (1-lam)*y[index]``, ``(K*B, num_classes)`` float32.
+
+    ``y`` is the (optionally smoothed) one-hot target; a target outside ``[0, num_classes)``
+    (an ignored sample) contributes a row of zeros.
+    """
+    num_mix, batch = index.shape
+    classes = torch.arange(num_classes, device=targets.device)
+    onehot = (targets.unsqueeze(1) == classes).float()
+    in_range = onehot.sum(dim=1, keepdim=True)  # 1 for a real label, 0 for an ignored one
+    smoothed = (1 - label_smoothing) * onehot + (label_smoothing / num_classes) * in_range
+    lam = lam.float().unsqueeze(-1)
+    mixed = lam * smoothed.unsqueeze(0) + (1 - lam) * smoothed[index]
+    return mixed.reshape(num_mix * batch, num_classes)
+
+
+def relevance(targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rel[k,b]`` of SPEC §3: 1 when b and its partner share a class, else ``max(lam, 1-lam)``.
+
+    It equals the largest entry of the mixed soft target. The MRL mask is ``rel < 1``:
+    ``rel`` is exactly 1 when the classes match or ``lam`` is 0 or 1, the cases with no
+    ranking signal.
+    """
+    same = targets.unsqueeze(0) == targets[index]
+    lam = lam.to(torch.float32)
+    return torch.where(same, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
+
+
+def rankmixup_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    lam: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    mode: str = "mndcg",
+    alpha: float = 0.1,
+    margin: float = 2.0,
+    score: str = "logit",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> LossOutput:
+    """``CE(raw) + alpha * rank`` (SPEC §5); ``lam`` is ``(K, B)``."""
+    return rankmixup_loss_from_relevance(
+        logits,
+        mix_logits,
+        targets,
+        relevance(targets, lam, index),
+        mode=mode,
+        alpha=alpha,
+        margin=margin,
+        score=score,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+
+
+def rankmixup_loss_from_relevance(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    rel: torch.Tensor,
+    *,
+    mode: str,
+    alpha: float,
+    margin: float,
+    score: str,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    ce_weight: float = 1.0,
+) -> LossOutput:
+    """``ce_weight * CE + alpha * rank`` given the relevance ``rel`` (K, B) of every mix: all the pairing
+    information the loss needs (SPEC §3). The compat classes call this with the relevance
+    read off the reference code's soft targets; ``ce_weight=0`` gives the rank term alone."""
+    batch, _ = logits.shape
+    num_mix = rel.shape[0]
+    acc = accumulation_dtype(logits.dtype)
+    valid = targets != ignore_index
+
+    # Ignored samples are replaced by zeros up front, so that their (possibly non-finite)
+    # logits reach neither the loss nor the gradient: where() passes a clean 0 gradient back.
+    z_raw = torch.where(valid.unsqueeze(1), logits.to(acc), 0)
+    z_mix = torch.where(valid.view(1, batch, 1), mix_logits.to(acc).view(num_mix, batch, -1), 0)
+
+    ce = F.cross_entropy(
+        z_raw,
+        torch.where(valid, targets, 0),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    if mode == "mrl":
+        rank = _mrl(z_raw, z_mix, rel.to(acc), margin, score)
+    else:
+        rank = _mndcg(z_raw, z_mix, rel.to(acc))
+    ce = torch.where(valid, ce, 0)
+    rank = torch.where(valid, rank, 0)
+
+    if reduction == "none":
+        loss, ce_part, rank_part = ce_weight * ce + alpha * rank, ce, rank
+    else:
+        # A mean over zero valid samples is 0 (with zero gradient), never NaN.
+        scale = 1.0 if reduction == "sum" else 1.0 / valid.sum().clamp(min=1).to(acc)
+        ce_part, rank_part = ce.sum() * scale, rank.sum() * scale
+        loss = ce_weight * ce_part + alpha * rank_part
+    return LossOutput(loss, ce_part.detach(), rank_part.detach())
+
+
+def _argmax_gather(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``values`` at the argmax of ``logits`` along the last dim; ties go to the lowest index
+    (``argmax`` returns the first maximum), and so does the gradient."""
+    return values.gather(-1, logits.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _confidence(z: torch.Tensor) -> torch.Tensor:
+    """``max_c softmax(z)_c``."""
+    return _argmax_gather(torch.softmax(z, dim=-1), z)
+
+
+def _mrl(z_raw, z_mix, rel, margin: float, score: str) -> torch.Tensor:
+    """``(1/K) sum_k keep * relu(score(mix) - score(raw) + margin)`` per sample."""
+    if score == "logit":
+        s_raw, s_mix = _argmax_gather(z_raw, z_raw), _argmax_gather(z_mix, z_mix)
+    else:
+        s_raw, s_mix = _confidence(z_raw), _confidence(z_mix)
+    keep = rel < 1
+    hinge = torch.relu(s_mix - s_raw.unsqueeze(0) + margin)
+    return torch.where(keep, hinge, 0).mean(dim=0)
+
+
+def _mndcg(z_raw, z_mix, rel) -> torch.Tensor:
+    """``1 - ndcg`` per sample over the list [raw, mixes by relevance descending]."""
+    num_mix = rel.shape[0]
+    # Stable: equal relevances keep their mix order k ascending (the reference code's
+    # argsort does not promise this).
+    order = torch.argsort(rel, dim=0, descending=True, stable=True)
+    gains = torch.cat([_confidence(z_raw).unsqueeze(0), _confidence(z_mix).gather(0, order)])
+    rels = torch.cat([torch.ones_like(rel[:1]), rel.gather(0, order)])
+    positions = torch.arange(1, num_mix + 2, device=rel.device, dtype=rel.dtype)
+    discount = (1 / torch.log2(positions + 1)).unsqueeze(1)
+    dcg = (gains * discount).sum(dim=0)
+    idcg = (rels * discount).sum(dim=0)
+    ndcg = torch.where(idcg > dcg, dcg / idcg, idcg / dcg)
+    return 1 - ndcg
+
