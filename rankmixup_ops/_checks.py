@@ -113,9 +113,12 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
     if batch is not None:
         shape(fn, "index", index, f"(K, {batch}) to match the batch", index_batch == batch)
     if not isinstance(lam, torch.Tensor):
-        if isinstance(lam, bool) or not isinstance(lam, (numbers.Real, Sequence)):
-            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence, got {_describe(lam)}")
-        lam = torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
+        if isinstance(lam, (bool, str)) or not isinstance(lam, (numbers.Real, Sequence)):
+            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers, got {_describe(lam)}")
+        try:
+            lam = torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers ({error})") from None
     floating(fn, "lam", lam)
     shape(
         fn,

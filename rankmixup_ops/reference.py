@@ -70,7 +70,6 @@ def relevance(targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
     ranking signal.
     """
     same = targets.unsqueeze(0) == targets[index]
-    lam = lam.to(torch.float32)
     return torch.where(same, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
 
 
