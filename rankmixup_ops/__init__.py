@@ -6,7 +6,7 @@ more confident than their mixes (MRL) or the mixes' confidences to follow their 
 coefficients (M-NDCG). See SPEC.md for the exact definitions.
 """
 
-from . import compat, reference
+from . import compat, metrics, reference
 from ._types import LossOutput, MixupBatch
 from .backends import BackendStatus, BackendUnavailable, available_backends
 from .functional import mndcg_loss, mrl_loss, rankmixup_loss, soft_targets
@@ -24,6 +24,7 @@ __all__ = [
     "RankMixupLoss",
     "available_backends",
     "compat",
+    "metrics",
     "mix",
     "mixup",
     "mndcg_loss",

@@ -8,13 +8,14 @@ the bin-edge convention are in ``docs/metrics.md``.
 Every metric except AdaECE is a function of per-bin sums (count, sum of confidences, sum of
 hits), so one pass over a batch reduces it to a few ``(n_bins,)`` and ``(C, n_bins)`` tables that
 add across batches and ranks. AdaECE bins by quantiles of *all* confidences, so it needs every
-(confidence, correct) pair. All sums are float64: counts stay exact up to 2**53 samples and
-the result does not depend on the input dtype's precision.
+(confidence, correct) pair. All sums are float64, so counts stay exact (to 2**53 samples) and
+long epochs lose no precision, whatever the input dtype.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 import torch
@@ -22,9 +23,9 @@ import torch.distributed as dist
 
 from . import _checks as check
 
-__all__ = ["CalibrationMeter", "calibration_errors", "reliability_diagram"]
+__all__ = ["METRICS", "CalibrationMeter", "calibration_errors", "reliability_diagram"]
 
-METRICS = ("ece", "adaece", "cece", "mce", "oe", "ue", "nll", "acc")
+METRICS = ("ece", "adaece", "cece", "mce", "oe", "ue", "nll", "acc")  # the keys of every result
 
 
 class _Sums(NamedTuple):
@@ -68,18 +69,18 @@ def _check_batch(fn: str, logits, targets, *, from_probs: bool, validate: bool) 
 def _equal_width_bins(values: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Bin index of each value: bin ``i`` holds ``(i/n, (i+1)/n]``; bin 0 also holds 0.
 
-    ``bucketize(right=False)`` returns the ``i`` with ``edges[i-1] < v <= edges[i]`` over the
-    interior edges, so a value exactly on an edge goes to the lower bin, 0 to bin 0 and 1 to
-    the last bin (nothing is dropped). The edges are the correctly rounded ``i / n``
-    (``torch.linspace`` is one ulp off for some ``n``, e.g. edge 11 of 15); ``values`` is
-    float64, so for float32-or-narrower inputs the comparison is the exact rational one.
+    Against the interior edges, ``bucketize(right=False)`` counts the edges strictly below
+    ``v``: a value exactly on an edge goes to the lower bin, 0 to bin 0 and 1 to the last bin
+    (nothing is dropped). The edges are the correctly rounded ``i / n`` (``torch.linspace`` is
+    one ulp off for some ``n``, e.g. edge 11 of 15) and ``values`` is float64, so for inputs of
+    float32 or narrower the comparison is the exact rational one.
     """
     edges = torch.arange(1, n_bins, dtype=torch.float64, device=values.device) / n_bins
     return torch.bucketize(values, edges)
 
 
 def _binned_sums(bins: torch.Tensor, values: torch.Tensor, hits: torch.Tensor, n_slots: int) -> torch.Tensor:
-    """``(3, n_slots)`` float64 table of per-bin count, sum of ``values`` and sum of ``hits``.
+    """``(3, n_slots)`` table of per-bin count, sum of ``values`` and sum of ``hits`` (float64).
 
     ``index_add_`` rather than ``bincount``: ``bincount`` reads the maximum index back to the
     host on CUDA, and this runs on every batch.
@@ -301,7 +302,11 @@ class CalibrationMeter:
         return _errors(self._sums, self._all_pairs(), self.n_bins)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The accumulated statistics (``{}`` before the first batch), e.g. to checkpoint."""
+        """The accumulated statistics (``{}`` before the first batch), e.g. to checkpoint.
+
+        Like ``nn.Module.state_dict``, the tensors are the live state: later updates change
+        them, so save or clone them right away.
+        """
         if self._sums is None:
             return {}
         state = self._sums._asdict()
@@ -458,7 +463,7 @@ def reliability_diagram(
     *,
     n_bins: int | None = None,
     from_probs: bool = False,
-    path: str | None = None,
+    path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> dict[str, Any]:
     """Per-bin data of the top-label confidence bins, drawn as a PNG when ``path`` is given.
@@ -507,7 +512,7 @@ def reliability_diagram(
     return data
 
 
-def _draw_reliability(data: dict[str, Any], path: str, title: str | None) -> None:
+def _draw_reliability(data: dict[str, Any], path: str | os.PathLike, title: str | None) -> None:
     """Accuracy bars per bin, the gap to the mean confidence shaded, and the diagonal."""
     # Imported here so that matplotlib is needed only to draw. A bare Figure renders with Agg
     # and leaves pyplot's global state (and the user's backend) alone.
