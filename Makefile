@@ -4,10 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The compiled extension, rebuilt whenever a source under csrc/ changes (ninja recompiles only
+# what changed). MAX_JOBS caps the parallel compile jobs.
+EXTENSION_STAMP := build/.extension
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: setup test demo clean
+.PHONY: setup build test demo cmake-check bench-cpu clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(EXTENSION_STAMP)
+
+build: $(EXTENSION_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +22,24 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+$(EXTENSION_STAMP): $(STAMP) $(CSRC) setup.py
+	$(PY) setup.py --quiet build_ext --inplace
+	mkdir -p build && touch $@
+
+test: setup
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+demo: setup
 	$(PY) examples/train_digits.py
+
+# The same extension built by CMake from the same sources, plus the C++ test of the math headers.
+cmake-check: $(STAMP)
+	cmake -S . -B build/cmake -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake --parallel $${MAX_JOBS:-2}
+	ctest --test-dir build/cmake --output-on-failure
+
+bench-cpu: setup
+	$(PY) -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-group-by=param:shape --benchmark-columns=median,iqr,rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,79 @@
+"""CPU benchmarks: the compiled cpu backend against the eager reference and torch.compile of it,
+forward + backward of the fused loss, at the paper's shapes and a large one; plus the "floor"
+at the large shape (one read of all the logits and one write of their gradients, measured as
+a copy of that many bytes). Run: ``make bench-cpu`` (pytest-benchmark; not part of `make test`).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rankmixup_ops import reference
+from rankmixup_ops._extension import load_backend
+from rankmixup_ops.backends import BackendUnavailable
+
+try:
+    CPU = load_backend("cpu")
+except BackendUnavailable as error:
+    pytest.skip(str(error), allow_module_level=True)
+
+# (B, K, C, mode): CIFAR-10/100 M-NDCG, CIFAR-10 MRL (the paper's K=1), and a large batch.
+SHAPES = {
+    "128x3x10-mndcg": (128, 3, 10, "mndcg"),
+    "128x3x100-mndcg": (128, 3, 100, "mndcg"),
+    "128x1x10-mrl": (128, 1, 10, "mrl"),
+    "1024x3x1000-mndcg": (1024, 3, 1000, "mndcg"),
+}
+
+
+def _reference_loss(logits, mix_logits, targets, rel, mode):
+    return reference.rankmixup_loss_from_relevance(
+        logits, mix_logits, targets, rel, mode=mode, alpha=0.1, margin=2.0, score="logit", ignore_index=-100,
+        label_smoothing=0.0, reduction="mean").loss
+
+
+def _cpu_loss(logits, mix_logits, targets, rel, mode):
+    return CPU.loss(logits, mix_logits, targets, rel, mode=mode, ce_weight=1.0, alpha=0.1, margin=2.0, score="logit",
+                    ignore_index=-100, label_smoothing=0.0, reduction="mean").loss
+
+
+_compiled_reference = torch.compile(_reference_loss, dynamic=False)
+IMPLEMENTATIONS = {"cpu": _cpu_loss, "reference": _reference_loss, "compiled_reference": _compiled_reference}
+
+
+def _inputs(batch, num_mix, classes):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, classes, generator=gen).requires_grad_()
+    mix_logits = torch.randn(num_mix * batch, classes, generator=gen).requires_grad_()
+    targets = torch.randint(0, classes, (batch,), generator=gen)
+    index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)])
+    lam = torch.rand(num_mix, 1, generator=gen).expand(num_mix, batch)
+    return logits, mix_logits, targets, reference.relevance(targets, lam, index)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward(benchmark, shape, impl):
+    batch, num_mix, classes, mode = SHAPES[shape]
+    logits, mix_logits, targets, rel = _inputs(batch, num_mix, classes)
+    loss_fn = IMPLEMENTATIONS[impl]
+
+    def step():
+        logits.grad = mix_logits.grad = None
+        loss_fn(logits, mix_logits, targets, rel, mode).backward()
+
+    for _ in range(3):  # warm-up (and compilation for compiled_reference)
+        step()
+    benchmark.extra_info.update(shape=shape, impl=impl, threads=torch.get_num_threads())
+    benchmark(step)
+
+
+@pytest.mark.parametrize("shape", ["1024x3x1000-mndcg"])
+def test_floor(benchmark, shape):
+    """Read every logit once and write every gradient once: a copy of (K+1)*B*C floats."""
+    batch, num_mix, classes, _ = SHAPES[shape]
+    src = torch.randn((num_mix + 1) * batch, classes)
+    dst = torch.empty_like(src)
+    benchmark.extra_info.update(shape=shape, impl="floor", bytes=2 * src.numel() * src.element_size())
+    benchmark(dst.copy_, src)

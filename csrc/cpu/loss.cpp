@@ -1,0 +1,230 @@
+// Fused RankMixup loss on the CPU: one task per sample over its K+1 rows, parallel over
+// samples, vectorised over classes. The forward reads each row once and keeps, per row, the
+// few numbers its gradient needs; the backward reads each row once more and writes its gradient.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "op_args.h"
+#include "rankmixup/sample_loss.h"
+#include "row_ops.h"
+#include "strided_rows.h"
+
+namespace rankmixup::cpu {
+namespace {
+
+using at::Tensor;
+
+// Logits per parallel chunk below which splitting the batch costs more than it saves.
+constexpr int64_t kGrainElements = 1 << 15;
+
+template <class acc_t>
+struct PerSample {
+  std::vector<acc_t> ce, rank;
+  explicit PerSample(int64_t batch) : ce(batch, acc_t(0)), rank(batch, acc_t(0)) {}
+};
+
+// Counts valid samples and checks that every valid label indexes a class: an out-of-range
+// label would make the kernel read outside its row.
+int64_t count_valid(const Tensor& targets, int64_t num_classes, int64_t ignore_index) {
+  const Tensor t = targets.contiguous();
+  const int64_t* y = t.const_data_ptr<int64_t>();
+  int64_t valid = 0;
+  for (int64_t b = 0; b < t.numel(); ++b) {
+    if (y[b] == ignore_index) continue;
+    TORCH_CHECK(y[b] >= 0 && y[b] < num_classes, "rankmixup::loss: target ", y[b], " of sample ", b,
+                " is outside [0, ", num_classes, ") and is not ignore_index=", ignore_index);
+    ++valid;
+  }
+  return valid;
+}
+
+template <class scalar_t>
+void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+                 const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index,
+                 PerSample<at::opmath_type<scalar_t>>& out, Tensor& coefs, Tensor& argmaxes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const int64_t num_mix = rel.size(0);
+  const StridedRows<scalar_t> raw_rows(logits), mix_rows(mix_logits);
+  const int64_t* y = targets.const_data_ptr<int64_t>();
+  const float* rel_data = rel.const_data_ptr<float>();
+  acc_t* coef = coefs.data_ptr<acc_t>();
+  int64_t* argmax = argmaxes.data_ptr<int64_t>();
+
+  at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(raw_rows.needs_scratch() || mix_rows.needs_scratch() ? num_classes : 0);
+    std::vector<RowStats<acc_t>> stats(num_mix + 1);
+    std::vector<RowGrad<acc_t>> grads(num_mix + 1);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t target = y[b * targets.stride(0)];
+      if (target == ignore_index) {  // its logits are never read; its gradient is exactly 0
+        for (int64_t r = 0; r <= num_mix; ++r) {
+          pack_row(RowGrad<acc_t>{}, acc_t(0), coef + (r * batch + b) * kRowCoefs);
+          argmax[r * batch + b] = 0;
+        }
+        continue;
+      }
+      const acc_t* z = raw_rows.row(b, scratch.data());
+      const RowScan<acc_t> raw = scan_row(z, num_classes);
+      const acc_t z_target = z[target];
+      stats[0] = raw.stats;
+      for (int64_t k = 0; k < num_mix; ++k) {
+        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes).stats;
+      }
+      const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
+                                                 rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
+      out.ce[b] = loss.ce;
+      out.rank[b] = loss.rank;
+      for (int64_t r = 0; r <= num_mix; ++r) {
+        pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
+        argmax[r * batch + b] = stats[r].argmax;
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
+                                                            const Tensor& targets, const Tensor& rel,
+                                                            std::string_view mode, std::string_view score,
+                                                            double ce_weight, double alpha, double margin,
+                                                            int64_t ignore_index, double label_smoothing,
+                                                            std::string_view reduction) {
+  check_loss_args(logits, mix_logits, targets, rel);
+  const LossOptions opts = parse_loss_options(mode, score, reduction);
+  const int64_t batch = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const int64_t num_mix = rel.size(0);
+  const int64_t valid = count_valid(targets, num_classes, ignore_index);
+  // A mean over zero valid samples is 0 with zero gradient (SPEC §5).
+  const double scale =
+      opts.reduction == Reduction::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
+
+  const auto acc_options = logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
+  Tensor argmaxes = at::empty({num_mix + 1, batch}, logits.options().dtype(at::kLong));
+  Tensor loss, ce, rank;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConfig<acc_t> cfg{opts.mode,
+                                opts.score,
+                                static_cast<acc_t>(margin),
+                                static_cast<acc_t>(label_smoothing),
+                                num_classes,
+                                static_cast<acc_t>(ce_weight * scale),
+                                static_cast<acc_t>(alpha * scale)};
+    PerSample<acc_t> per_sample(batch);
+    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, ignore_index, per_sample, coefs, argmaxes);
+
+    if (opts.reduction == Reduction::kNone) {
+      ce = at::empty({batch}, acc_options);
+      rank = at::empty({batch}, acc_options);
+      loss = at::empty({batch}, acc_options);
+      for (int64_t b = 0; b < batch; ++b) {
+        ce.data_ptr<acc_t>()[b] = per_sample.ce[b];
+        rank.data_ptr<acc_t>()[b] = per_sample.rank[b];
+        loss.data_ptr<acc_t>()[b] =
+            static_cast<acc_t>(ce_weight) * per_sample.ce[b] + static_cast<acc_t>(alpha) * per_sample.rank[b];
+      }
+    } else {
+      // Summed in double in sample order: deterministic, and no less exact than torch.sum.
+      double ce_sum = 0, rank_sum = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        ce_sum += per_sample.ce[b];
+        rank_sum += per_sample.rank[b];
+      }
+      const acc_t ce_part = static_cast<acc_t>(ce_sum * scale);
+      const acc_t rank_part = static_cast<acc_t>(rank_sum * scale);
+      ce = at::empty({}, acc_options).fill_(ce_part);
+      rank = at::empty({}, acc_options).fill_(rank_part);
+      loss = at::empty({}, acc_options)
+                 .fill_(static_cast<acc_t>(ce_weight) * ce_part + static_cast<acc_t>(alpha) * rank_part);
+    }
+  });
+  return {loss, ce, rank, coefs, argmaxes};
+}
+
+// Backward: re-reads each valid row once and writes grad_output * RowGrad(softmax) — the
+// forward kept only K+1 small records per sample, so no gradient-sized buffer lives between
+// the passes. Ignored samples get rows of exact zeros.
+template <class scalar_t>
+void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const Tensor& mix_logits,
+                          const Tensor& targets, const Tensor& coefs, const Tensor& argmaxes, int64_t ignore_index,
+                          Tensor& grad_logits, Tensor& grad_mix) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = logits.size(0), num_classes = logits.size(1), num_mix = coefs.size(0) - 1;
+  const StridedRows<scalar_t> raw_rows(logits), mix_rows(mix_logits);
+  const int64_t* y = targets.const_data_ptr<int64_t>();
+  const acc_t* g = grad_loss.const_data_ptr<acc_t>();
+  const bool per_sample = grad_loss.numel() != 1;
+  const acc_t* coef = coefs.const_data_ptr<acc_t>();
+  const int64_t* argmax = argmaxes.const_data_ptr<int64_t>();
+  scalar_t* out_raw = grad_logits.data_ptr<scalar_t>();
+  scalar_t* out_mix = grad_mix.data_ptr<scalar_t>();
+
+  at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(raw_rows.needs_scratch() || mix_rows.needs_scratch() ? num_classes : 0);
+    std::vector<acc_t> grad_scratch(std::is_same_v<scalar_t, acc_t> ? 0 : num_classes);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t target = y[b * targets.stride(0)];
+      for (int64_t r = 0; r <= num_mix; ++r) {
+        scalar_t* out = r == 0 ? out_raw + b * num_classes : out_mix + ((r - 1) * batch + b) * num_classes;
+        if (target == ignore_index) {
+          std::fill_n(out, num_classes, scalar_t(0));
+          continue;
+        }
+        acc_t lse;
+        const RowGrad<acc_t> row_grad = unpack_row(coef + (r * batch + b) * kRowCoefs, argmax[r * batch + b],
+                                               r == 0 ? target : -1, g[per_sample ? b : 0], &lse);
+        const acc_t* z = r == 0 ? raw_rows.row(b, scratch.data()) : mix_rows.row((r - 1) * batch + b, scratch.data());
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          write_grad_row(z, num_classes, lse, row_grad, out);
+        } else {
+          write_grad_row(z, num_classes, lse, row_grad, grad_scratch.data());
+          std::copy_n(grad_scratch.data(), num_classes, out);  // one rounding to scalar_t
+        }
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,
+                                             const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
+                                             const Tensor& argmaxes, int64_t ignore_index) {
+  const int64_t batch = logits.size(0);
+  TORCH_CHECK(coefs.dim() == 3 && coefs.size(1) == batch && coefs.size(2) == kRowCoefs && coefs.is_contiguous() &&
+                  argmaxes.sizes() == coefs.sizes().slice(0, 2) && argmaxes.is_contiguous(),
+              "rankmixup::loss_backward: coefs/argmaxes must be the loss op's own outputs");
+  TORCH_CHECK(mix_logits.size(0) == (coefs.size(0) - 1) * batch && targets.numel() == batch,
+              "rankmixup::loss_backward: inputs do not match the forward's");
+  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == batch,
+              "rankmixup::loss_backward: grad_loss must be a scalar or (B,)");
+  const Tensor g = grad_loss.to(coefs.scalar_type()).contiguous();
+  Tensor grad_logits = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor grad_mix = at::empty(mix_logits.sizes(), grad_logits.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_backward_cpu", [&] {
+    loss_backward_kernel<scalar_t>(g, logits, mix_logits, targets.contiguous(), coefs, argmaxes, ignore_index,
+                                   grad_logits, grad_mix);
+  });
+  return {grad_logits, grad_mix};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
+  m.impl("loss", &loss_cpu);
+  m.impl("loss_backward", &loss_backward_cpu);
+}
+
+}  // namespace rankmixup::cpu

@@ -1,0 +1,152 @@
+// Mixup generation on the CPU: out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]].
+// Forward: one pass over the output rows. Backward: one pass over the samples, gathering
+// through the inverse permutation, so no two tasks ever write the same element (deterministic).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "op_args.h"
+
+namespace rankmixup::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kGrainElements = 1 << 15;
+// Features per block of the backward's float accumulator: small enough to stay in L1.
+constexpr int64_t kBlock = 1024;
+
+// (K, B) int64/float32 matrix of any strides (lam is often an expanded (K,) view, stride 0).
+template <class T>
+struct Matrix {
+  const T* data;
+  int64_t s0, s1;
+  explicit Matrix(const Tensor& t) : data(t.const_data_ptr<T>()), s0(t.stride(0)), s1(t.stride(1)) {}
+  T operator()(int64_t k, int64_t b) const { return data[k * s0 + b * s1]; }
+};
+
+void check_index_range(const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
+  for (int64_t k = 0; k < num_mix; ++k) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t j = index(k, b);
+      TORCH_CHECK(j >= 0 && j < batch, "rankmixup::mix: index[", k, ", ", b, "] = ", j, " is outside [0, ", batch, ")");
+    }
+  }
+}
+
+// inverse[k * B + index[k, b]] = b; fails unless every row of index is a permutation.
+std::vector<int64_t> inverse_permutation(const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
+  check_index_range(index, num_mix, batch);
+  std::vector<int64_t> inverse(num_mix * batch, -1);
+  for (int64_t k = 0; k < num_mix; ++k) {
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t& slot = inverse[k * batch + index(k, b)];
+      TORCH_CHECK(slot < 0, "rankmixup::mix_backward: row ", k, " of index is not a permutation");
+      slot = b;
+    }
+  }
+  return inverse;
+}
+
+template <class scalar_t>
+void mix_kernel(const Tensor& x, const Matrix<float>& lam, const Matrix<int64_t>& index, Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = x.size(0), features = x.numel() / batch;
+  const scalar_t* src = x.const_data_ptr<scalar_t>();
+  scalar_t* dst = out.data_ptr<scalar_t>();
+  at::parallel_for(0, out.size(0), std::max<int64_t>(1, kGrainElements / features), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t k = r / batch, b = r % batch;
+      const acc_t a = static_cast<acc_t>(lam(k, b));
+      const scalar_t* xb = src + b * features;
+      const scalar_t* xj = src + index(k, b) * features;
+      scalar_t* o = dst + r * features;
+#pragma omp simd
+      for (int64_t f = 0; f < features; ++f) {
+        o[f] = static_cast<scalar_t>(a * static_cast<acc_t>(xb[f]) + (acc_t(1) - a) * static_cast<acc_t>(xj[f]));
+      }
+    }
+  });
+}
+
+// grad_x[b] = sum_k lam[k,b] g[k*B+b] + (1 - lam[k,j]) g[k*B+j], j = inverse[k][b] (SPEC §2);
+// accumulated in acc_t over blocks of features, rounded once.
+template <class scalar_t>
+void mix_backward_kernel(const Tensor& grad, const Matrix<float>& lam, const std::vector<int64_t>& inverse,
+                         int64_t num_mix, Tensor& grad_x) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = grad_x.size(0), features = grad_x.numel() / batch;
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  scalar_t* dst = grad_x.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / (features * num_mix));
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+    acc_t acc[kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t f0 = 0; f0 < features; f0 += kBlock) {
+        const int64_t n = std::min(kBlock, features - f0);
+        std::fill_n(acc, n, acc_t(0));
+        for (int64_t k = 0; k < num_mix; ++k) {
+          const int64_t j = inverse[k * batch + b];
+          const acc_t own = static_cast<acc_t>(lam(k, b));
+          const acc_t partner = acc_t(1) - static_cast<acc_t>(lam(k, j));
+          const scalar_t* gb = g + (k * batch + b) * features + f0;
+          const scalar_t* gj = g + (k * batch + j) * features + f0;
+#pragma omp simd
+          for (int64_t f = 0; f < n; ++f) acc[f] += own * static_cast<acc_t>(gb[f]) + partner * static_cast<acc_t>(gj[f]);
+        }
+        std::copy_n(acc, n, dst + b * features + f0);
+      }
+    }
+  });
+}
+
+Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index) {
+  check_mix_args("rankmixup::mix", x, lam, index);
+  TORCH_CHECK(x.dim() >= 1 && x.size(0) == index.size(1), "rankmixup::mix: x must be (B, *feat) with B = index.size(1)");
+  const int64_t num_mix = index.size(0), batch = index.size(1);
+  const Matrix<int64_t> idx(index);
+  check_index_range(idx, num_mix, batch);
+  const Matrix<float> lam_m(lam);
+  const Tensor xc = x.contiguous();
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape[0] = num_mix * batch;
+  Tensor out = at::empty(out_shape, xc.options());
+  if (out.numel() == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rankmixup_mix_cpu",
+                                  [&] { mix_kernel<scalar_t>(xc, lam_m, idx, out); });
+  return out;
+}
+
+Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& index) {
+  check_mix_args("rankmixup::mix_backward", grad, lam, index);
+  const int64_t num_mix = index.size(0), batch = index.size(1);
+  TORCH_CHECK(grad.dim() >= 1 && grad.size(0) == num_mix * batch,
+              "rankmixup::mix_backward: grad must be (K*B, *feat)");
+  const Matrix<int64_t> idx(index);
+  const std::vector<int64_t> inverse = inverse_permutation(idx, num_mix, batch);
+  const Matrix<float> lam_m(lam);
+  const Tensor gc = grad.contiguous();
+  std::vector<int64_t> shape(grad.sizes().begin(), grad.sizes().end());
+  shape[0] = batch;
+  Tensor grad_x = at::empty(shape, gc.options());
+  if (grad_x.numel() == 0) return grad_x;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rankmixup_mix_backward_cpu",
+                                  [&] { mix_backward_kernel<scalar_t>(gc, lam_m, inverse, num_mix, grad_x); });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
+  m.impl("mix", &mix_cpu);
+  m.impl("mix_backward", &mix_backward_cpu);
+}
+
+}  // namespace rankmixup::cpu

@@ -1,0 +1,39 @@
+// Row access to a 2-D tensor of any strides for the CPU kernels, which want contiguous rows
+// in the accumulation type: rows that already are come back as pointers into the tensor;
+// others (narrower dtype, or a column stride other than 1) are converted into scratch.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace rankmixup::cpu {
+
+template <class scalar_t>
+class StridedRows {
+ public:
+  using acc_t = at::opmath_type<scalar_t>;
+
+  explicit StridedRows(const at::Tensor& t)
+      : data_(t.const_data_ptr<scalar_t>()), row_stride_(t.stride(0)), col_stride_(t.stride(1)), cols_(t.size(1)) {}
+
+  bool needs_scratch() const { return !std::is_same_v<scalar_t, acc_t> || col_stride_ != 1; }
+
+  // Row r, as `cols` contiguous acc_t; `scratch` (room for one row) is used only if needed.
+  const acc_t* row(int64_t r, acc_t* scratch) const {
+    const scalar_t* src = data_ + r * row_stride_;  // int64 offsets: rows * C may pass 2^31
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (col_stride_ == 1) return src;
+    }
+    for (int64_t c = 0; c < cols_; ++c) scratch[c] = static_cast<acc_t>(src[c * col_stride_]);
+    return scratch;
+  }
+
+ private:
+  const scalar_t* data_;
+  int64_t row_stride_, col_stride_, cols_;
+};
+
+}  // namespace rankmixup::cpu

@@ -1,0 +1,179 @@
+// The per-sample RankMixup loss (SPEC §5) and its gradient (SPEC §6), from row statistics.
+//
+// A kernel owns one valid sample b: it computes RowStats of the raw row and of the K mix rows,
+// calls sample_loss(), and — when gradients are wanted — writes each row's gradient as
+//     d loss / d z_c = RowGrad::scale_p * softmax(z)_c + constant
+//                      + at_max * [c == argmax] + at_target * [c == target],
+// which covers CE (p - smoothed one-hot), the max-logit score (one-hot of the argmax) and the
+// confidence score (conf * (onehot(argmax) - p)) with four numbers per row.
+#pragma once
+
+#include <cstdint>
+
+#include "rankmixup/host_device.h"
+#include "rankmixup/row_stats.h"
+
+namespace rankmixup {
+
+enum class Mode : int32_t { kMrl = 0, kMndcg = 1 };
+enum class Score : int32_t { kLogit = 0, kProb = 1 };
+
+template <class T>
+struct LossConfig {
+  Mode mode;
+  Score score;
+  T margin;
+  T label_smoothing;
+  int64_t num_classes;
+  T weight_ce;    // d total / d ce_b: ce_weight times the reduction scale
+  T weight_rank;  // d total / d rank_b: alpha times the reduction scale
+};
+
+template <class T>
+struct RowGrad {
+  T scale_p = T(0);
+  T constant = T(0);
+  T at_max = T(0);
+  T at_target = T(0);
+  int64_t argmax = 0;
+  int64_t target = -1;  // -1: no target term (mix rows)
+
+  RANKMIXUP_HD T at(T softmax_c, int64_t c) const {
+    return scale_p * softmax_c + constant + (c == argmax ? at_max : T(0)) + (c == target ? at_target : T(0));
+  }
+
+  // Chain rule through score(z): the max logit has gradient onehot(argmax); the confidence
+  // conf * (onehot(argmax) - p).
+  RANKMIXUP_HD void add_score(Score score, const RowStats<T>& s, T g) {
+    if (score == Score::kLogit) {
+      at_max += g;
+    } else {
+      const T gc = g * s.confidence();
+      at_max += gc;
+      scale_p -= gc;
+    }
+  }
+};
+
+template <class T>
+struct SampleLoss {
+  T ce;
+  T rank;
+};
+
+template <class T>
+RANKMIXUP_HD T score_of(Score score, const RowStats<T>& s) {
+  return score == Score::kLogit ? s.max : s.confidence();
+}
+
+// Discount of list position p = 1, 2, ...: 1 / log2(p + 1).
+template <class T>
+RANKMIXUP_HD T discount(int64_t position) {
+  return T(1) / log2_(T(position + 1));
+}
+
+// Position (2..K+1) of mix k in the M-NDCG list: after the raw sample, mixes sorted by
+// relevance descending, ties by k ascending — i.e. a stable sort, without any scratch space.
+template <class R>
+RANKMIXUP_HD int64_t mndcg_position(const R* rel, int64_t rel_stride, int64_t num_mix, int64_t k) {
+  const R rk = rel[k * rel_stride];
+  int64_t before = 0;
+  for (int64_t j = 0; j < num_mix; ++j) {
+    const R rj = rel[j * rel_stride];
+    before += (rj > rk || (rj == rk && j < k)) ? 1 : 0;
+  }
+  return 2 + before;
+}
+
+// The loss of one valid sample and, if `grads` is not null, the RowGrad of its K+1 rows
+// (grads[0] the raw row, grads[1 + k] mix k).
+//   raw, z_target, z_sum: statistics, target logit and logit sum of the raw row
+//   mix[k]: statistics of mix row k; rel[k * rel_stride]: its relevance (SPEC §3)
+template <class T, class R>
+RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<T>& raw, T z_target, T z_sum,
+                                       int64_t target, const RowStats<T>* mix, const R* rel, int64_t rel_stride,
+                                       int64_t num_mix, RowGrad<T>* grads) {
+  const T ls = cfg.label_smoothing;
+  const T ls_per_class = ls / T(cfg.num_classes);
+  // Cross-entropy with label smoothing, as torch.nn.functional.cross_entropy defines it.
+  const T ce = raw.lse() - (T(1) - ls) * z_target - ls_per_class * z_sum;
+  if (grads) {
+    for (int64_t r = 0; r <= num_mix; ++r) {
+      grads[r] = RowGrad<T>{};
+      grads[r].argmax = r == 0 ? raw.argmax : mix[r - 1].argmax;
+    }
+    grads[0].scale_p = cfg.weight_ce;
+    grads[0].constant = -cfg.weight_ce * ls_per_class;
+    grads[0].at_target = -cfg.weight_ce * (T(1) - ls);
+    grads[0].target = target;
+  }
+
+  T rank = T(0);
+  if (cfg.mode == Mode::kMrl) {
+    const T inv_k = T(1) / T(num_mix);
+    const T s_raw = score_of(cfg.score, raw);
+    T g_raw = T(0);
+    for (int64_t k = 0; k < num_mix; ++k) {
+      if (!(T(rel[k * rel_stride]) < T(1))) continue;  // keep = rel < 1 (SPEC §3)
+      const T hinge = score_of(cfg.score, mix[k]) - s_raw + cfg.margin;
+      rank += relu_nan(hinge);
+      if (grads && hinge > T(0)) {  // relu'(0) = 0
+        grads[1 + k].add_score(cfg.score, mix[k], cfg.weight_rank * inv_k);
+        g_raw -= cfg.weight_rank * inv_k;
+      }
+    }
+    rank *= inv_k;
+    if (grads) grads[0].add_score(cfg.score, raw, g_raw);
+  } else {
+    // M-NDCG over [raw, mixes by relevance]: D = sum gain_p d_p, I = sum rel_p d_p.
+    const T d1 = discount<T>(1);
+    T dcg = raw.confidence() * d1;
+    T idcg = d1;
+    for (int64_t k = 0; k < num_mix; ++k) {
+      const T d = discount<T>(mndcg_position(rel, rel_stride, num_mix, k));
+      dcg += mix[k].confidence() * d;
+      idcg += T(rel[k * rel_stride]) * d;
+    }
+    const bool below = idcg > dcg;
+    rank = T(1) - (below ? dcg / idcg : idcg / dcg);
+    if (grads) {
+      // d rank / d gain_p = -d_p / I when I > D, else I d_p / D^2.
+      const T per_discount = below ? -T(1) / idcg : idcg / (dcg * dcg);
+      grads[0].add_score(Score::kProb, raw, cfg.weight_rank * per_discount * d1);
+      for (int64_t k = 0; k < num_mix; ++k) {
+        const T d = discount<T>(mndcg_position(rel, rel_stride, num_mix, k));
+        grads[1 + k].add_score(Score::kProb, mix[k], cfg.weight_rank * per_discount * d);
+      }
+    }
+  }
+  return {ce, rank};
+}
+
+// What a backward pass needs of one row: its RowGrad (for grad_output = 1) and log-sum-exp,
+// as kRowCoefs numbers (the loss op's row_coefs output), plus the argmax stored beside them.
+constexpr int64_t kRowCoefs = 5;
+
+template <class T>
+RANKMIXUP_HD void pack_row(const RowGrad<T>& g, T lse, T* out) {
+  out[0] = lse;
+  out[1] = g.scale_p;
+  out[2] = g.constant;
+  out[3] = g.at_max;
+  out[4] = g.at_target;
+}
+
+// The packed row's RowGrad scaled by grad_output, and its log-sum-exp.
+template <class T>
+RANKMIXUP_HD RowGrad<T> unpack_row(const T* in, int64_t argmax, int64_t target, T grad_output, T* lse) {
+  *lse = in[0];
+  RowGrad<T> g;
+  g.scale_p = grad_output * in[1];
+  g.constant = grad_output * in[2];
+  g.at_max = grad_output * in[3];
+  g.at_target = grad_output * in[4];
+  g.argmax = argmax;
+  g.target = target;
+  return g;
+}
+
+}  // namespace rankmixup

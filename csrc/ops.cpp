@@ -1,0 +1,64 @@
+// Operator schemas (one definition for every device) and the Python module `_C`, whose import
+// registers them. Kernels register per device: cpu/*.cpp (CPU) and cuda/*.cu (CUDA).
+#include <pybind11/pybind11.h>
+#include <torch/headeronly/version.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace {
+
+// Filled in by the build (setup.py / CMakeLists.txt) when CUDA kernels are compiled.
+#ifndef RANKMIXUP_CUDA_ARCH_LIST
+#define RANKMIXUP_CUDA_ARCH_LIST ""
+#endif
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  pybind11::list backends;
+  backends.append("cpu");
+#ifdef RANKMIXUP_WITH_CUDA
+  backends.append("cuda");
+#endif
+  info["backends"] = backends;
+  info["cuda_arch_list"] = std::string(RANKMIXUP_CUDA_ARCH_LIST);
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_version"] = static_cast<int>(_OPENMP);
+#else
+  info["openmp"] = false;
+  info["openmp_version"] = 0;
+#endif
+  info["torch_version"] = std::string(TORCH_VERSION);
+#if defined(__clang__) || defined(__GNUC__)
+  info["compiler"] = std::string(__VERSION__);
+#endif
+  info["cplusplus"] = static_cast<long>(__cplusplus);
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rankmixup, m) {
+  // Fused CE + rank loss (SPEC §5). Besides the loss and its parts, returns what its backward
+  // needs: per row of each sample's list (K+1, B), 5 coefficients (log-sum-exp and the
+  // gradient's terms, for grad_output = 1, reduction applied) and the argmax.
+  m.def(
+      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
+      "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
+      "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+  // Gradient of loss w.r.t. logits and mix_logits, scaled by grad_loss (scalar, or (B,) for
+  // reduction='none').
+  m.def(
+      "loss_backward(Tensor grad_loss, Tensor logits, Tensor mix_logits, Tensor targets, Tensor row_coefs, "
+      "Tensor row_argmax, int ignore_index) -> (Tensor grad_logits, Tensor grad_mix_logits)");
+  // Mixup (SPEC §2): x (B, *feat), lam float32 (K, B), index int64 (K, B) -> (K*B, *feat).
+  m.def("mix(Tensor x, Tensor lam, Tensor index) -> Tensor");
+  // d mix / d x: grad (K*B, *feat) -> (B, *feat), gathered through the inverse permutation.
+  m.def("mix_backward(Tensor grad, Tensor lam, Tensor index) -> Tensor");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "rankmixup_ops compiled extension: importing it registers the torch.ops.rankmixup operators";
+  m.def("build_info", &build_info, "What this build of the extension contains.");
+}

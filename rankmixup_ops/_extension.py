@@ -1,0 +1,45 @@
+"""Loads the compiled extension ``rankmixup_ops._C`` (built by setup.py from csrc/).
+
+Importing ``_C`` registers the ``torch.ops.rankmixup`` operators with their C++ kernels; the
+backend objects built on them live in :mod:`rankmixup_ops.compiled`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+BUILD_HINT = "build it with `make setup`, or `pip install --no-build-isolation -e .` in the source tree"
+
+
+@functools.cache
+def extension():
+    """The ``_C`` module; raises BackendUnavailable saying why when it cannot be loaded."""
+    from .backends import BackendUnavailable  # here, not at the top: backends imports this module
+
+    try:
+        from . import _C
+    except ModuleNotFoundError:
+        raise BackendUnavailable(f"the compiled extension rankmixup_ops._C is not built; {BUILD_HINT}") from None
+    except ImportError as error:  # built, but against another torch (undefined symbols, ABI)
+        raise BackendUnavailable(f"the compiled extension rankmixup_ops._C does not load ({error}); rebuild it: {BUILD_HINT}") from None
+    return _C
+
+
+def build_info() -> dict:
+    """What the compiled extension contains: ``backends`` (kernels compiled, e.g. ``["cpu"]``),
+    ``cuda_arch_list``, ``openmp``, ``torch_version``, ``compiler``."""
+    return extension().build_info()
+
+
+def load_backend(device_type: str):
+    """The compiled backend for ``device_type`` ("cpu" or "cuda"), or BackendUnavailable."""
+    from .backends import BackendUnavailable
+
+    if device_type not in build_info()["backends"]:
+        raise BackendUnavailable(
+            f"the compiled extension was built without {device_type} kernels "
+            f"(it has: {', '.join(build_info()['backends'])})"
+        )
+    from .compiled import CompiledBackend
+
+    return CompiledBackend(device_type)
