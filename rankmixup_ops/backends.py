@@ -15,6 +15,7 @@ backend or raises :class:`BackendUnavailable` with the reason.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -60,24 +61,37 @@ def _not_yet(name: str, issue: str) -> Callable[[], object]:
     return load
 
 
+def _import_backend(name: str, remedy: str):
+    """``rankmixup_ops.<name>.BACKEND``; an ImportError (a missing dependency) becomes the reason."""
+    try:
+        return importlib.import_module(f"{__package__}.{name}").BACKEND
+    except ImportError as error:
+        raise BackendUnavailable(f"the {name} backend cannot be imported ({error}); {remedy}") from error
+
+
 _LOADERS: dict[str, Callable[[], object]] = {
     "reference": lambda: _Reference,
-    "cpu": _not_yet("cpu", "compiled C++ CPU kernels are planned"),
+    "cpu": lambda: importlib.import_module(f"{__package__}._extension").load_backend("cpu"),
     "cuda": _not_yet("cuda", "compiled CUDA kernels are planned"),
-    "triton": _not_yet("triton", "Triton kernels are planned"),
+    "triton": lambda: _import_backend("triton", "pip install triton (CUDA GPUs; CPU tensors only under TRITON_INTERPRET=1)"),
 }
 
 # The order `auto` tries backends in, per device type, fastest first.
 _AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
 
 
-@functools.cache
+# Loaded backends (or the BackendUnavailable each raised), filled on first use.
+_LOADED: dict[str, object] = {}
+
+
 def _load(name: str):
     """The backend object, or the BackendUnavailable it raised (cached either way)."""
-    try:
-        return _LOADERS[name]()
-    except BackendUnavailable as error:
-        return error
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = _LOADERS[name]()
+        except BackendUnavailable as error:
+            _LOADED[name] = error
+    return _LOADED[name]
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -113,13 +127,21 @@ def _warn_fallback(device_type: str) -> None:
 def resolve(fn: str, backend: str, device: torch.device):
     """The backend object that will run a call on ``device``; raises ValueError for unknown
     names and BackendUnavailable for a named backend that cannot run here."""
+    return _LOADED[_choose(fn, backend, device.type, device.index)]
+
+
+# Choosing imports modules and may warn, which torch.compile cannot trace; its answer depends
+# only on these constant arguments, so under torch.compile it runs once, at trace time.
+@torch.compiler.assume_constant_result
+def _choose(fn: str, backend: str, device_type: str, device_index: int | None) -> str:
+    device = torch.device(device_type, device_index)
     if backend == "auto":
-        for name in _AUTO_ORDER.get(device.type, ()):
+        for name in _AUTO_ORDER.get(device_type, ()):
             loaded = _load(name)
             if not isinstance(loaded, BackendUnavailable) and loaded.unsupported(device) is None:
-                return loaded
-        _warn_fallback(device.type)
-        return _Reference
+                return name
+        _warn_fallback(device_type)
+        return _load("reference").name
     if backend not in BACKENDS:
         raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     loaded = _load(backend)
@@ -128,4 +150,4 @@ def resolve(fn: str, backend: str, device: torch.device):
     reason = loaded.unsupported(device)
     if reason is not None:
         raise ValueError(f"{fn}: backend {backend!r} cannot run on {device}: {reason}")
-    return loaded
+    return backend

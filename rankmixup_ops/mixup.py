@@ -38,7 +38,9 @@ def sample_mixup(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"sample_mixup: generator must be a torch.Generator or None, got {type(generator).__name__}")
     if device is None:
-        device = generator.device if generator is not None else torch.get_default_device()
+        # torch.empty(()) lands on the default device; torch.get_default_device() would be the
+        # direct way, but torch.compile cannot trace it.
+        device = generator.device if generator is not None else torch.empty(()).device
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"sample_mixup: generator is on {generator.device} but device is {device}")
