@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from rankmixup_ops import reference
 
+import reference_code
+
 LN = math.log
 D2 = 1 / math.log2(3)  # discount of list position 2
 D3 = 1 / math.log2(4)  # discount of list position 3 (= 0.5)
@@ -367,12 +369,6 @@ def test_nonfinite_logits_of_valid_samples_propagate_nan():
     assert torch.isnan(_loss(logits, mix_logits, targets, lam, index).loss)
 
 
-def _reference_code_mrl_k1(inputs, mixup, margin):
-    """The public RankMixup code's MRL value for K=1 with no same-class pair, re-derived:
-    mean over the batch of relu(max(mix logits) - max(raw logits) + margin)."""
-    return F.relu(mixup.max(dim=1).values - inputs.max(dim=1).values + margin).mean()
-
-
 def test_k1_mrl_equals_reference_code_without_same_class_pairs():
     batch = 8
     logits, mix_logits, _, _, _ = random_problem(batch, 10, 1, seed=12, scale=1.0)
@@ -380,20 +376,7 @@ def test_k1_mrl_equals_reference_code_without_same_class_pairs():
     index = ((torch.arange(batch) + 3) % batch).unsqueeze(0)  # ... and no self-pairs
     lam = torch.full((1, batch), 0.35, dtype=torch.float64)
     out = _loss(logits, mix_logits, targets, lam, index, mode="mrl", margin=0.1, alpha=1.0)
-    torch.testing.assert_close(out.rank, _reference_code_mrl_k1(logits, mix_logits, 0.1))
-
-
-def _reference_code_mndcg(inputs, mixup, target_re, num_mix):
-    """The public code's M-NDCG (1 - ndcg per sample), re-derived from its formulas."""
-    batch, classes = inputs.shape
-    mix_conf = mixup.view(num_mix, batch, classes).softmax(2).max(2).values.t()
-    rel = target_re.view(num_mix, batch, classes).max(2).values.t()
-    order = torch.argsort(rel, descending=True)
-    gains = torch.cat([inputs.softmax(1).max(1, keepdim=True).values, mix_conf.gather(1, order)], 1)
-    rels = torch.cat([torch.ones(batch, 1, dtype=inputs.dtype), rel.gather(1, order)], 1)
-    discount = torch.log2(torch.arange(1, num_mix + 2, dtype=inputs.dtype) + 1)
-    dcg, idcg = (gains / discount).sum(1), (rels / discount).sum(1)
-    return 1 - torch.where(idcg > dcg, dcg / idcg, idcg / dcg)
+    torch.testing.assert_close(out.rank, reference_code.mrl_k1(logits, mix_logits, 0.1))
 
 
 @pytest.mark.parametrize("num_mix", [1, 2, 3, 5])
@@ -406,7 +389,7 @@ def test_mndcg_equals_reference_code_without_ties(num_mix):
     lam = lam.unsqueeze(1).expand(num_mix, batch)
     target_re = reference.soft_targets(targets, lam, index, classes).to(torch.float64)
     out = _loss(logits, mix_logits, targets, lam, index, reduction="none")
-    torch.testing.assert_close(out.rank, _reference_code_mndcg(logits, mix_logits, target_re, num_mix))
+    torch.testing.assert_close(out.rank, reference_code.mndcg(logits, mix_logits, target_re, num_mix))
 
 
 def test_relevance_is_largest_soft_target_entry():
