@@ -1,0 +1,45 @@
+"""The Triton backend: the fused loss and the mix as ``torch.library.triton_op`` operators
+(``rankmixup_triton::fused_loss``, ``::fused_loss_backward``, ``::mix``, ``::mix_backward``),
+which torch.compile traces into.
+
+Runs on CUDA tensors. CPU tensors run too when ``TRITON_INTERPRET=1`` was set before this
+module was imported — Triton's interpreter, slow, meant for tests on machines without a GPU.
+"""
+
+import torch
+import triton
+
+from .loss import rankmixup_loss
+from .mix import _mix_kernel
+from .mix import mix as _mix_op
+
+# Triton decides at decoration time whether a kernel is compiled or interpreted.
+_INTERPRETED = not isinstance(_mix_kernel, triton.runtime.JITFunction)
+
+
+class TritonBackend:
+    name = "triton"
+
+    @staticmethod
+    def unsupported(device: torch.device) -> str | None:
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu":
+            if _INTERPRETED:
+                return None
+            return (
+                "Triton kernels run on CUDA tensors; CPU tensors only under Triton's interpreter "
+                "(set TRITON_INTERPRET=1 before importing rankmixup_ops.triton; slow, for tests)"
+            )
+        return f"Triton kernels run on CUDA tensors, not {device.type}"
+
+    @staticmethod
+    def loss(logits, mix_logits, targets, rel, **options):
+        return rankmixup_loss(logits, mix_logits, targets, rel, **options)
+
+    @staticmethod
+    def mix(x, lam, index):
+        return _mix_op(x, lam, index)
+
+
+BACKEND = TritonBackend()

@@ -1,0 +1,388 @@
+"""The fused RankMixup loss in Triton: ``ce_weight * CE + alpha * rank`` per sample, and its
+gradient, in one launch (SPEC §5, §6).
+
+One program owns sample ``b``: its raw row ``logits[b]`` as a ``(1, BLOCK_C)`` tile and its K
+mix rows ``mix_logits[k*B + b]`` as a ``(KP, BLOCK_C)`` tile (``KP`` is K rounded up to a power
+of two; the extra rows are masked). Keeping the two apart gives every load a single base
+pointer, which Triton needs to prove alignment and issue 16-byte vector loads.
+
+A first sweep over the classes, in chunks of ``BLOCK_C``, keeps an online max / first argmax /
+sum of exponentials per row; the per-sample CE, MRL and M-NDCG values and the gradient
+coefficients of every row follow from those few numbers; a second sweep writes each row's
+gradient as
+
+    grad[c] = P * softmax[c] + M * [c == argmax] + T * [c == target] + U
+
+(CE gives P, T, U on the raw row; a max-logit score gives M; a confidence gives P and M).
+
+The kernel writes the gradient of the *per-sample* loss; the reduction (sum or mean over
+valid samples) is a few PyTorch ops on the per-sample values, so autograd hands the backward
+a per-sample ``grad_output`` (``1/n_valid`` for a mean) and the backward is one scaling pass.
+No value ever travels to the host.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .._types import LossOutput
+
+# The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
+# this many values, 16 a thread at 8 warps — enough loads in flight without spilling (checked
+# by tools/triton_aot_check.py).
+MAX_TILE = 4096
+
+
+@triton.jit
+def _load_rows(row_ptrs, cols, live, num_classes, acc_ty: tl.constexpr):
+    """A ``(rows, BLOCK_C)`` chunk in ``acc_ty``; dead rows read as 0, columns past C as -inf.
+
+    Dead rows (ignored sample, padding) are never read: their values, maybe non-finite,
+    must reach nothing.
+    """
+    col_ok = cols < num_classes
+    z = tl.load(row_ptrs[:, None] + cols[None, :], mask=live[:, None] & col_ok[None, :], other=0.0)
+    return tl.where(col_ok[None, :], z.to(acc_ty), float("-inf"))
+
+
+@triton.jit
+def _online_softmax(z, cols, row_max, row_arg, row_sum):
+    """Folds a chunk into each row's running max, first argmax and sum of exp(z - max)."""
+    chunk_max = tl.max(z, axis=1)
+    chunk_arg = tl.min(tl.where(z == chunk_max[:, None], cols[None, :], 2147483647), axis=1)
+    # Strictly greater: on a tie the earlier chunk (lower class index) keeps the argmax.
+    row_arg = tl.where(chunk_max > row_max, chunk_arg, row_arg)
+    new_max = tl.maximum(row_max, chunk_max)
+    row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+    return new_max, row_arg, row_sum
+
+
+@triton.jit
+def _store_grad(out_ptrs, z, cols, num_classes, lse, row_arg, p_coef, m_coef, u_coef, t_coef, target, store_rows):
+    """``grad = P * softmax + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows."""
+    grad = p_coef[:, None] * tl.exp(z - lse[:, None]) + u_coef[:, None]
+    grad += tl.where(cols[None, :] == row_arg[:, None], m_coef[:, None], 0.0)
+    grad += tl.where(cols[None, :] == target, t_coef[:, None], 0.0)
+    mask = store_rows[:, None] & (cols < num_classes)[None, :]
+    tl.store(out_ptrs[:, None] + cols[None, :], grad.to(out_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fused_loss_kernel(
+    logits_ptr,
+    mix_ptr,
+    targets_ptr,
+    rel_ptr,
+    loss_ptr,
+    ce_ptr,
+    rank_ptr,
+    grad_ptr,
+    batch,
+    num_classes,
+    stride_logits,
+    stride_mix,
+    stride_rel_k,
+    stride_rel_b,
+    ignore_index,
+    # float64 so that float64 inputs see the hyperparameters unrounded (compiled kernels; the
+    # interpreter passes Python floats as float32 whatever the annotation); cast once below.
+    ce_weight: "fp64",
+    alpha: "fp64",
+    margin: "fp64",
+    label_smoothing: "fp64",
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MNDCG: tl.constexpr,
+    SCORE_PROB: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+):
+    acc_ty = tl.float64 if logits_ptr.dtype.element_ty == tl.float64 else tl.float32
+    ce_weight = tl.cast(ce_weight, acc_ty)
+    alpha = tl.cast(alpha, acc_ty)
+    margin = tl.cast(margin, acc_ty)
+    label_smoothing = tl.cast(label_smoothing, acc_ty)
+
+    b = tl.program_id(0).to(tl.int64)  # row offsets are int64: rows * C may pass 2**31
+    target = tl.load(targets_ptr + b)
+    valid = target != ignore_index
+    one = tl.arange(0, 1)  # the raw row is a 1-row tile, so one code path serves both tiles
+    raw_ptrs = logits_ptr + b * stride_logits + one
+    raw_live = (one == 0) & valid
+    k = tl.arange(0, KP)
+    is_mix = k < K
+    mix_ptrs = mix_ptr + (k.to(tl.int64) * batch + b) * stride_mix
+    mix_live = is_mix & valid
+
+    # Sweep 1: online max, first argmax and sum of exp(z - max) of every row.
+    raw_max = tl.full([1], float("-inf"), acc_ty)
+    raw_arg = tl.zeros([1], tl.int32)
+    raw_sum = tl.zeros([1], acc_ty)
+    z_target = tl.zeros([1], acc_ty)
+    z_total = tl.zeros([1], acc_ty)
+    mix_max = tl.full([KP], float("-inf"), acc_ty)
+    mix_arg = tl.zeros([KP], tl.int32)
+    mix_sum = tl.zeros([KP], acc_ty)
+    for start in range(0, num_classes, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        z = _load_rows(raw_ptrs, cols, raw_live, num_classes, acc_ty)
+        raw_max, raw_arg, raw_sum = _online_softmax(z, cols, raw_max, raw_arg, raw_sum)
+        z_target += tl.sum(tl.where(cols[None, :] == target, z, 0.0), axis=1)
+        if SMOOTHING:
+            # Only summed when smoothing is on: 0 * (-inf) would turn a plain CE into NaN.
+            z_total += tl.sum(tl.where((cols < num_classes)[None, :], z, 0.0), axis=1)
+        z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
+        mix_max, mix_arg, mix_sum = _online_softmax(z, cols, mix_max, mix_arg, mix_sum)
+
+    raw_lse = raw_max + tl.log(raw_sum)
+    mix_lse = mix_max + tl.log(mix_sum)
+    raw_conf = 1.0 / raw_sum  # max softmax = exp(max - lse)
+    mix_conf = 1.0 / mix_sum
+
+    # CE of the raw row, as F.cross_entropy (label smoothing included).
+    if SMOOTHING:
+        ce = raw_lse - (1.0 - label_smoothing) * z_target - label_smoothing * z_total / num_classes
+    else:
+        ce = raw_lse - z_target
+
+    # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
+    rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)
+    if MNDCG:
+        # List position of mix k: 2 + #{mixes j before it: rel_j > rel_k, or equal with j < k};
+        # the raw sample holds position 1, whose discount 1/log2(2) is 1.
+        rel_j = rel[None, :]
+        rel_k = rel[:, None]
+        before = is_mix[None, :] & ((rel_j > rel_k) | ((rel_j == rel_k) & (k[None, :] < k[:, None])))
+        discount = 1.0 / tl.log2(tl.sum(before.to(acc_ty), axis=1) + 3.0)
+        dcg = raw_conf + tl.sum(tl.where(is_mix, mix_conf * discount, 0.0), axis=0)
+        idcg = 1.0 + tl.sum(tl.where(is_mix, rel * discount, 0.0), axis=0)
+        over = idcg > dcg
+        rank = 1.0 - tl.where(over, dcg / idcg, idcg / dcg)
+        d_gain = alpha * tl.where(over, -1.0 / idcg, idcg / (dcg * dcg))  # per unit discount
+        raw_conf_coef = d_gain
+        mix_conf_coef = d_gain * discount
+        raw_max_coef = tl.zeros([1], acc_ty)
+        mix_max_coef = tl.zeros([KP], acc_ty)
+    else:
+        if SCORE_PROB:
+            raw_score = raw_conf
+            mix_score = mix_conf
+        else:
+            raw_score = raw_max
+            mix_score = mix_max
+        hinge = mix_score - raw_score + margin
+        keep = is_mix & (rel < 1.0)
+        # where(hinge < 0) rather than maximum(): a NaN hinge must stay NaN.
+        rank = tl.sum(tl.where(keep, tl.where(hinge < 0.0, 0.0, hinge), 0.0), axis=0) / K
+        mix_coef = tl.where(keep & (hinge > 0.0), alpha / K, 0.0)  # relu'(0) = 0
+        raw_coef = -tl.sum(mix_coef, axis=0) + tl.zeros([1], acc_ty)
+        zero_raw = tl.zeros([1], acc_ty)
+        zero_mix = tl.zeros([KP], acc_ty)
+        raw_conf_coef = raw_coef if SCORE_PROB else zero_raw
+        mix_conf_coef = mix_coef if SCORE_PROB else zero_mix
+        raw_max_coef = zero_raw if SCORE_PROB else raw_coef
+        mix_max_coef = zero_mix if SCORE_PROB else mix_coef
+
+    ce = tl.where(valid, ce, 0.0)
+    rank = tl.where(valid, rank, 0.0)
+    tl.store(ce_ptr + b + one, ce)
+    tl.store(rank_ptr + b + one, rank)
+    tl.store(loss_ptr + b + one, ce_weight * ce + alpha * rank)
+
+    if WRITE_GRAD:
+        # d conf/dz = conf * (onehot(argmax) - softmax); d max/dz = onehot(argmax).
+        # An ignored sample gets all-zero coefficients, hence rows of exact zeros.
+        ce_coef = tl.where(valid, ce_weight, 0.0)
+        raw_p = tl.where(valid, ce_coef - raw_conf_coef * raw_conf, 0.0)
+        raw_m = tl.where(valid, raw_max_coef + raw_conf_coef * raw_conf, 0.0)
+        mix_p = tl.where(valid, -mix_conf_coef * mix_conf, 0.0)
+        mix_m = tl.where(valid, mix_max_coef + mix_conf_coef * mix_conf, 0.0)
+        if SMOOTHING:
+            raw_t = -ce_coef * (1.0 - label_smoothing) + tl.zeros([1], acc_ty)
+            raw_u = -ce_coef * label_smoothing / num_classes + tl.zeros([1], acc_ty)
+        else:
+            raw_t = -ce_coef + tl.zeros([1], acc_ty)
+            raw_u = tl.zeros([1], acc_ty)
+        no_term = tl.zeros([KP], acc_ty)
+        # Output rows: raw b first, then mix k at (k + 1) * B + b.
+        raw_out = grad_ptr + b * num_classes + one
+        mix_out = grad_ptr + ((k + 1).to(tl.int64) * batch + b) * num_classes
+        # Sweep 2: every gradient row (the logits are read again, mostly from cache).
+        for start in range(0, num_classes, BLOCK_C):
+            cols = start + tl.arange(0, BLOCK_C)
+            z = _load_rows(raw_ptrs, cols, raw_live, num_classes, acc_ty)
+            _store_grad(raw_out, z, cols, num_classes, raw_lse, raw_arg, raw_p, raw_m, raw_u, raw_t, target, one == 0)
+            z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
+            _store_grad(mix_out, z, cols, num_classes, mix_lse, mix_arg, mix_p, mix_m, no_term, no_term, -1, is_mix)
+
+
+@triton.jit
+def _scale_rows_kernel(grad_ptr, scale_ptr, out_ptr, batch, num_classes, stride_scale, BLOCK: tl.constexpr):
+    """``out[r] = grad[r] * scale[r % batch]`` for the contiguous ``(rows, num_classes)`` ``grad``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < num_classes
+    scale = tl.load(scale_ptr + (row % batch) * stride_scale)
+    offsets = row * num_classes + cols
+    grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, (grad.to(scale.dtype) * scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def loss_launch_config(num_mix: int, num_classes: int, block_c: int = 0) -> dict:
+    """The compile-time configuration of a fused-loss launch: tile shape and warps.
+
+    ``block_c`` caps the chunk width (a power of two); 0 picks the widest chunk the tile
+    allows, so that small class counts take a single chunk.
+    """
+    rows = triton.next_power_of_2(num_mix + 1)
+    widest = max(16, MAX_TILE // rows)
+    block = min(triton.next_power_of_2(num_classes), block_c or widest, widest)
+    return dict(KP=triton.next_power_of_2(num_mix), BLOCK_C=block, num_warps=max(1, min(8, rows * block // 256)))
+
+
+def scale_launch_config(num_classes: int) -> dict:
+    """Class block and warps of the backward's scaling launch."""
+    block = min(triton.next_power_of_2(num_classes), 2048)
+    return dict(BLOCK=block, num_warps=max(1, min(8, block // 256)))
+
+
+@triton_op("rankmixup_triton::fused_loss", mutates_args=())
+def fused_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    rel: torch.Tensor,
+    mode: str,
+    score: str,
+    ignore_index: int,
+    ce_weight: float,
+    alpha: float,
+    margin: float,
+    label_smoothing: float,
+    need_grad: bool,
+    block_c: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample ``(loss, ce, rank)`` in float32 (float64 for float64 logits), and the
+    gradient of the per-sample loss as one ``((K+1)*B, C)`` buffer in the logits' dtype —
+    raw rows first, then mix-major mix rows — or an empty buffer when ``need_grad`` is False."""
+    batch, num_classes = logits.shape
+    num_mix = rel.shape[0]
+    # Rows may have any stride; classes are read contiguously (a copy only for column-strided input).
+    logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    mix_logits = mix_logits if mix_logits.stride(1) == 1 else mix_logits.contiguous()
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss, ce, rank = (torch.empty(batch, device=logits.device, dtype=acc) for _ in range(3))
+    grad_rows = (num_mix + 1) * batch if need_grad else 0
+    grad = torch.empty(grad_rows, num_classes, device=logits.device, dtype=logits.dtype)
+    config = loss_launch_config(num_mix, num_classes, block_c)
+    wrap_triton(_fused_loss_kernel)[(batch,)](
+        logits,
+        mix_logits,
+        targets,
+        rel,
+        loss,
+        ce,
+        rank,
+        grad,
+        batch,
+        num_classes,
+        logits.stride(0),
+        mix_logits.stride(0),
+        rel.stride(0),
+        rel.stride(1),
+        ignore_index,
+        ce_weight,
+        alpha,
+        margin,
+        label_smoothing,
+        K=num_mix,
+        MNDCG=mode == "mndcg",
+        SCORE_PROB=score == "prob",
+        SMOOTHING=label_smoothing > 0,
+        WRITE_GRAD=need_grad,
+        **config,
+    )
+    return loss, ce, rank, grad
+
+
+@triton_op("rankmixup_triton::fused_loss_backward", mutates_args=())
+def fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad`` ``((K+1)*B, C)`` with row ``r`` scaled by ``grad_loss[r % B]`` (new tensor)."""
+    out = torch.empty_like(grad)
+    rows, num_classes = grad.shape
+    if rows:
+        config = scale_launch_config(num_classes)
+        grid = (rows, triton.cdiv(num_classes, config["BLOCK"]))
+        wrap_triton(_scale_rows_kernel)[grid](
+            grad, grad_loss, out, grad_loss.shape[0], num_classes, grad_loss.stride(0), **config
+        )
+    return out
+
+
+def _setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    ctx.batch = logits.shape[0]
+    ctx.mix_shape = inputs[1].shape
+    ctx.save_for_backward(output[3])
+
+
+def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
+    (grad,) = ctx.saved_tensors
+    # grad_loss may be an expanded (stride-0) view of a scalar: the kernel reads it by stride.
+    scaled = fused_loss_backward(grad, grad_loss)
+    grad_logits = scaled[: ctx.batch]
+    grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
+    return (grad_logits, grad_mix) + (None,) * 11
+
+
+fused_loss.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rankmixup_loss(
+    logits: torch.Tensor,
+    mix_logits: torch.Tensor,
+    targets: torch.Tensor,
+    rel: torch.Tensor,
+    *,
+    mode: str,
+    ce_weight: float,
+    alpha: float,
+    margin: float,
+    score: str,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    block_c: int = 0,
+) -> LossOutput:
+    """The backend's loss over checked inputs, reduced as
+    :func:`rankmixup_ops.reference.rankmixup_loss_from_relevance` reduces.
+
+    ``block_c`` caps the chunk width over classes (a power of two; 0 chooses) — tests set it
+    small to exercise the chunked path on small class counts.
+    """
+    need_grad = torch.is_grad_enabled() and (logits.requires_grad or mix_logits.requires_grad)
+    loss, ce, rank, _ = fused_loss(
+        logits,
+        mix_logits,
+        targets,
+        rel,
+        mode,
+        score,
+        ignore_index,
+        float(ce_weight),
+        float(alpha),
+        float(margin),
+        float(label_smoothing),
+        need_grad,
+        block_c,
+    )
+    ce, rank = ce.detach(), rank.detach()
+    if reduction == "none":
+        return LossOutput(loss, ce, rank)
+    if reduction == "sum":
+        return LossOutput(loss.sum(), ce.sum(), rank.sum())
+    # A mean over zero valid samples is 0, never NaN; the count stays on the device.
+    scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(loss.dtype)
+    return LossOutput(loss.sum() * scale, ce.sum() * scale, rank.sum() * scale)

@@ -1,0 +1,314 @@
+"""The Triton backend against the reference: values, parts and gradients of the fused loss,
+and the mix and its gradient.
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter (conftest.py switches
+it on before any test module imports Triton). With a GPU the same tests run on CUDA tensors
+(marked gpu), plus the opcheck and torch.compile tests, which the interpreter cannot run: it
+cannot trace a triton_op with fake tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import rankmixup_ops as rmx  # noqa: E402
+from rankmixup_ops import reference  # noqa: E402
+from rankmixup_ops.triton import BACKEND  # noqa: E402
+from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
+from rankmixup_ops.triton import mix as triton_mix  # noqa: E402
+
+_CPU_REASON = BACKEND.unsupported(torch.device("cpu"))
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(_CPU_REASON is not None, reason=str(_CPU_REASON))),
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
+]
+# (mode, score) pairs: M-NDCG always ranks by confidence.
+RANKINGS = [("mrl", "logit"), ("mrl", "prob"), ("mndcg", "logit")]
+
+
+def _problem(device, *, batch=6, classes=37, num_mix=3, dtype=torch.float32, seed=0, tied_lam=False):
+    """Random logits with one ignored sample and one same-class pair (rel = 1, MRL mask off)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, classes, generator=gen, dtype=torch.float64) * 3
+    mix_logits = torch.randn(num_mix * batch, classes, generator=gen, dtype=torch.float64) * 3
+    targets = torch.randint(0, classes, (batch,), generator=gen)
+    index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)])
+    lam = torch.rand(num_mix, batch, generator=gen)
+    if tied_lam:  # equal relevances: the M-NDCG order must fall back to k ascending
+        lam[num_mix // 2 :] = lam[0]
+    if batch > 2:
+        targets[index[0, 1]] = targets[1]
+        targets[batch - 1] = -100
+    rel = reference.relevance(targets, lam, index)
+    return [t.to(device) for t in (logits.to(dtype), mix_logits.to(dtype), targets, rel)]
+
+
+def _options(mode="mndcg", score="logit", reduction="mean", **overrides):
+    options = dict(
+        mode=mode,
+        ce_weight=1.0,
+        alpha=0.7,
+        margin=2.0 if score == "logit" else 0.3,
+        score=score,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        reduction=reduction,
+    )
+    options.update(overrides)
+    return options
+
+
+def _run(loss_fn, logits, mix_logits, targets, rel, options, grad_scale=0.7, **kwargs):
+    """Loss parts and the gradients of ``grad_scale * loss`` (a fixed random weight per sample
+    for reduction="none") with respect to both logit tensors."""
+    logits = logits.detach().requires_grad_()
+    mix_logits = mix_logits.detach().requires_grad_()
+    out = loss_fn(logits, mix_logits, targets, rel, **options, **kwargs)
+    weight = torch.full_like(out.loss, grad_scale)
+    if out.loss.dim():
+        weight = torch.linspace(-1, 2, out.loss.numel(), dtype=out.loss.dtype, device=out.loss.device)
+    grads = torch.autograd.grad(out.loss, (logits, mix_logits), weight)
+    return (*out, *grads)
+
+
+def _assert_matches_reference(inputs, options, **kwargs):
+    got = _run(triton_loss.rankmixup_loss, *inputs, options, **kwargs)
+    want = _run(reference.rankmixup_loss_from_relevance, *inputs, options)
+    for name, g, w in zip(("loss", "ce", "rank", "grad logits", "grad mix"), got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+def test_loss_matches_reference_chunked(device, mode, score, reduction):
+    """C = 37 in chunks of 16: the online softmax crosses chunk boundaries."""
+    options = _options(mode, score, reduction, label_smoothing=0.1 if reduction == "sum" else 0.0)
+    _assert_matches_reference(_problem(device), options, block_c=16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_mix", range(1, 9))
+@pytest.mark.parametrize("mode", ["mrl", "mndcg"])
+def test_loss_every_num_mix(device, num_mix, mode):
+    """K = 1..8 (row tiles of 2, 4, 8 and 16 slots), tied relevances, one chunk."""
+    inputs = _problem(device, batch=5, classes=10, num_mix=num_mix, seed=num_mix, tied_lam=True)
+    _assert_matches_reference(inputs, _options(mode, "prob" if num_mix % 2 else "logit"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+def test_argmax_ties_go_to_the_lowest_class(device, mode, score):
+    """Small-integer logits tie often, within and across chunks of 8; the score and its
+    gradient must follow the first maximum, as torch.argmax does."""
+    logits, mix_logits, targets, rel = _problem(device, batch=4, classes=29)
+    logits, mix_logits = logits.round().clamp(-2, 2), mix_logits.round().clamp(-2, 2)
+    _assert_matches_reference((logits, mix_logits, targets, rel), _options(mode, score), block_c=8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("batch", "classes", "block_c"), [(1, 1, 0), (1, 300, 32), (3, 129, 0), (2, 1000, 64)])
+def test_loss_odd_sizes(device, batch, classes, block_c):
+    inputs = _problem(device, batch=batch, classes=classes, num_mix=2, seed=classes)
+    for mode, score in RANKINGS:
+        _assert_matches_reference(inputs, _options(mode, score, label_smoothing=0.05), block_c=block_c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ignored_samples_are_inert(device):
+    """Ignored samples' non-finite logits reach no output, and their rows get exactly zero."""
+    logits, mix_logits, targets, rel = _problem(device)
+    ignored = (targets == -100).nonzero().flatten()
+    logits[ignored] = float("nan")
+    mix_logits.view(3, 6, -1)[:, ignored] = float("inf")
+    for mode, score in RANKINGS:
+        got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, _options(mode, score), block_c=16)
+        assert all(bool(t.isfinite().all()) for t in got)
+        assert not got[3][ignored].any() and not got[4].view(3, 6, -1)[:, ignored].any()
+        _assert_matches_reference((logits, mix_logits, targets, rel), _options(mode, score))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_samples_ignored_gives_zero_not_nan(device, reduction):
+    logits, mix_logits, targets, rel = _problem(device, batch=3)
+    targets = torch.full_like(targets, 7)
+    options = _options(reduction=reduction, ignore_index=7)
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, options)
+    assert all(not t.any() for t in got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hyperparameters_reach_the_kernel(device):
+    """ce_weight (0 for the rank terms alone), alpha and a large label smoothing."""
+    inputs = _problem(device)
+    for overrides in (dict(ce_weight=0.0), dict(alpha=0.0), dict(alpha=3.0, label_smoothing=0.9, ce_weight=0.5)):
+        for mode, score in RANKINGS:
+            _assert_matches_reference(inputs, _options(mode, score, **overrides), block_c=32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_grad_forward_writes_no_gradient(device):
+    logits, mix_logits, targets, rel = _problem(device)
+    options = _options(reduction="none")
+    with torch.no_grad():
+        out = triton_loss.fused_loss(
+            logits, mix_logits, targets, rel, "mndcg", "logit", -100, 1.0, 0.7, 2.0, 0.0, False, 0
+        )
+    assert out[3].shape == (0, logits.shape[1])
+    want = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, **options)
+    torch.testing.assert_close(out[0], want.loss)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+def test_low_precision_within_twice_torch_error(device, dtype, mode, score):
+    """Against a float64 reference, no worse than twice the reference's own error in the dtype
+    (plus one unit in the last place under the interpreter, which rounds float32 to bfloat16
+    by truncation where the GPU rounds to nearest)."""
+    exact = [t.double() if t.is_floating_point() else t for t in _problem(device)]
+    low = [t.to(dtype) if t.dtype == torch.float64 else t for t in exact]
+    options = _options(mode, score, label_smoothing=0.1)
+    want = _run(reference.rankmixup_loss_from_relevance, *exact, options)
+    torch_own = _run(reference.rankmixup_loss_from_relevance, *low, options)
+    got = _run(triton_loss.rankmixup_loss, *low, options, block_c=16)
+    truncating = device == "cpu" and dtype == torch.bfloat16
+    for name, g, t, w in zip(("loss", "ce", "rank", "grad logits", "grad mix"), got, torch_own, want):
+        assert g.dtype == t.dtype, name
+        scale = w.abs().max().item()
+        slack = torch.finfo(g.dtype).eps * scale if truncating else 0.0
+        bound = 2 * (t.double() - w).abs().max().item() + 1e-5 * scale + slack
+        assert (g.double() - w).abs().max().item() <= bound, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_is_computed_in_float64(device):
+    inputs = _problem(device, dtype=torch.float64)
+    for mode, score in RANKINGS:
+        got = _run(triton_loss.rankmixup_loss, *inputs, _options(mode, score, label_smoothing=0.1), block_c=16)
+        want = _run(reference.rankmixup_loss_from_relevance, *inputs, _options(mode, score, label_smoothing=0.1))
+        for g, w in zip(got, want):
+            # Interpreted kernels receive the hyperparameters as float32, compiled ones as float64.
+            torch.testing.assert_close(g, w, rtol=1e-7 if device == "cpu" else 1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_api_with_strided_inputs(device):
+    """Through rankmixup_loss(backend="triton"): column-strided logits, (K, B, C) sliced mixes."""
+    logits, mix_logits, targets, _ = _problem(device)
+    gen = torch.Generator().manual_seed(3)
+    lam = torch.rand(3, generator=gen).to(device)
+    index = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)]).to(device)
+    strided = logits.t().contiguous().t()
+    padded = torch.cat([mix_logits, mix_logits[:, :5]], dim=1).view(3, 6, -1)[..., :37]
+    assert strided.stride(1) != 1 and not padded.is_contiguous()
+    for fn, kwargs in ((rmx.rankmixup_loss, dict(mode="mrl")), (rmx.mrl_loss, {}), (rmx.mndcg_loss, {})):
+        parts = [t.detach().requires_grad_() for t in (strided, padded)]
+        got = fn(*parts, targets, lam, index, backend="triton", **kwargs)
+        got = got.loss if isinstance(got, rmx.LossOutput) else got
+        got_grads = torch.autograd.grad(got, parts)
+        ref = [t.detach().requires_grad_() for t in (strided, padded)]
+        want = fn(*ref, targets, lam, index, backend="reference", **kwargs)
+        want = want.loss if isinstance(want, rmx.LossOutput) else want
+        want_grads = torch.autograd.grad(want, ref)
+        torch.testing.assert_close(got, want)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w)
+
+
+# --- mix --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(
+    ("shape", "num_mix", "per_sample"),
+    [((5,), 1, False), ((4, 33), 3, True), ((3, 2, 3, 5), 2, False), ((2, 0, 3), 2, True)],
+)
+def test_mix_matches_reference(device, dtype, shape, num_mix, per_sample):
+    gen = torch.Generator().manual_seed(len(shape))
+    batch = shape[0]
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    lam = torch.rand(num_mix, batch if per_sample else 1, generator=gen).expand(num_mix, batch).to(device)
+    index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)]).to(device)
+    grad = torch.randn(num_mix * batch, *shape[1:], generator=gen).to(device, dtype)
+    got, got_grad = _mix_and_grad(BACKEND.mix, x, lam, index, grad)
+    want, want_grad = _mix_and_grad(reference.mix, x, lam, index, grad)
+    # One bfloat16 ulp: the interpreter rounds float32 to bfloat16 by truncation.
+    tolerance = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got, want, **tolerance)
+    torch.testing.assert_close(got_grad, want_grad, **tolerance)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mix_strided_input_and_several_feature_blocks(device):
+    """A transposed input (copied to unit stride) and rows longer than one block."""
+    batch, features = 3, 2 * triton_mix.MAX_BLOCK + 5
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(features, batch, generator=gen).to(device).t()
+    lam = torch.rand(2, batch, generator=gen).to(device)
+    index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(2)]).to(device)
+    grad = torch.randn(2 * batch, features, generator=gen).to(device)
+    for got, want in zip(_mix_and_grad(rmx.mix, x, lam, index, grad, backend="triton"),
+                         _mix_and_grad(reference.mix, x, lam, index, grad)):
+        torch.testing.assert_close(got, want)
+
+
+def _mix_and_grad(fn, x, lam, index, grad, **kwargs):
+    x = x.detach().requires_grad_()
+    out = fn(x, lam, index, **kwargs)
+    return out, torch.autograd.grad(out, x, grad)[0]
+
+
+# --- GPU only ----------------------------------------------------------------------------
+
+
+def _op_samples(device):
+    logits, mix_logits, targets, rel = _problem(device)
+    logits.requires_grad_()
+    mix_logits.requires_grad_()
+    for mode, score in RANKINGS:
+        options = (mode, score, -100, 1.0, 0.7, 2.0, 0.1, True, 16)
+        yield triton_loss.fused_loss, (logits, mix_logits, targets, rel, *options)
+    x = torch.randn(6, 3, 5, device=device, requires_grad=True)
+    index = torch.stack([torch.randperm(6, device=device) for _ in range(3)])
+    yield triton_mix.mix, (x, torch.rand(3, 6, device=device), index)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_opcheck():
+    for op, args in _op_samples("cuda"):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_training_step_has_no_graph_breaks():
+    torch._dynamo.reset()
+    model = torch.nn.Linear(12, 37).cuda()
+    x = torch.randn(6, 12, device="cuda")
+    targets = torch.randint(0, 37, (6,), device="cuda")
+
+    def loss(x, lam, index):
+        mixed = rmx.mix(x, lam, index, backend="triton")
+        return rmx.rankmixup_loss(model(x), model(mixed), targets, lam, index, backend="triton").loss
+
+    lam, index = rmx.sample_mixup(6, 3, 2.0, device="cuda")
+    x.requires_grad_()
+    results = []
+    for fn in (torch.compile(loss, fullgraph=True), loss):
+        value = fn(x, lam, index)
+        value.backward()
+        results.append((value.detach(), model.weight.grad, x.grad))
+        model.weight.grad = x.grad = None
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)

@@ -1,0 +1,220 @@
+"""Compile every Triton kernel configuration the backend launches, for sm_80 and sm_90, on a
+machine without a GPU, and report registers, spills and vector widths.
+
+The configurations are not listed by hand: the real launchers (the triton_op bodies) run on
+small CPU tensors with ``wrap_triton`` swapped for a recorder, over a grid of problems
+(dtype, K, C, mode, score, smoothing, gradient or not). Each recorded launch is specialised
+exactly as Triton's JIT would specialise it (pointer alignment, unit strides, constexprs) and
+compiled with ``triton.compile`` for a named target; ``cuobjdump -res-usage`` of the cubin
+gives registers and local memory (spills). Exits 1 when a main configuration spills.
+
+    python tools/triton_aot_check.py [--all] [--json PATH]
+
+Needs Triton's bundled ptxas/cuobjdump (or ones on PATH); no GPU, no CUDA driver. Uses
+Triton's internal binder (``create_function_from_signature``, ``JITFunction._pack_args``),
+which the pinned Triton provides; a Triton that changed them fails here loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rankmixup_ops.triton import loss as loss_module  # noqa: E402
+from rankmixup_ops.triton import mix as mix_module  # noqa: E402
+
+TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
+
+
+class _Recorder:
+    """Stands in for ``wrap_triton``: records ``kernel[grid](*args, **kwargs)`` instead of launching."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kernel):
+        return _Launch(self.launches, kernel)
+
+
+class _Launch:
+    def __init__(self, launches, kernel):
+        self.launches, self.kernel = launches, kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.kernel, args, kwargs))
+
+
+@contextlib.contextmanager
+def recording():
+    recorder = _Recorder()
+    patched = [(module, module.wrap_triton) for module in (loss_module, mix_module)]
+    for module, _ in patched:
+        module.wrap_triton = recorder
+    try:
+        yield recorder.launches
+    finally:
+        for module, original in patched:
+            module.wrap_triton = original
+
+
+def loss_problems(everything: bool):
+    """(main?, description, thunk) for each fused-loss problem. Main: bfloat16 and float32,
+    K = 1 and 3 (the paper's), C from 10 to 32k, every ranking, with and without smoothing,
+    with gradients. ``everything`` adds float16, float64, K = 8 and forward-only launches."""
+    dtypes = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+    rankings = (("mrl", "logit"), ("mrl", "prob"), ("mndcg", "logit"))
+    for dtype, k, c, (mode, score), smoothing, need_grad in itertools.product(
+        dtypes, (1, 3, 8), (10, 100, 1000, 32768), rankings, (0.0, 0.1), (True, False)
+    ):
+        main = dtype in (torch.bfloat16, torch.float32) and k in (1, 3) and need_grad
+        if not (main or everything):
+            continue
+        batch = 2
+        logits = torch.zeros(batch, c, dtype=dtype)
+        mix_logits = torch.zeros(k * batch, c, dtype=dtype)
+        targets = torch.zeros(batch, dtype=torch.int64)
+        rel = torch.zeros(k, batch)
+        args = (logits, mix_logits, targets, rel, mode, score, -100, 1.0, 0.1, 2.0, smoothing, need_grad, 0)
+        name = f"loss {str(dtype)[6:]} K={k} C={c} {mode}/{score} ls={smoothing} grad={need_grad}"
+        yield main, name, lambda args=args: _run_loss(args)
+
+
+def _run_loss(args):
+    loss_module.fused_loss._init_fn(*args)
+    if args[11]:
+        batch, classes = args[0].shape
+        grad = torch.zeros((args[3].shape[0] + 1) * batch, classes, dtype=args[0].dtype)
+        loss_module.fused_loss_backward._init_fn(grad, torch.ones(batch))
+
+
+def mix_problems(everything: bool):
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16, torch.float64) if everything else ())
+    for dtype, features in itertools.product(dtypes, (3 * 32 * 32, 10, 4096 + 8)):
+        x = torch.zeros(4, features, dtype=dtype)
+        lam = torch.zeros(3, 4)
+        index = torch.zeros(3, 4, dtype=torch.int64)
+        grad = torch.zeros(12, features, dtype=dtype)
+
+        def run(x=x, lam=lam, index=index, grad=grad):
+            mix_module.mix._init_fn(x, lam, index)
+            mix_module.mix_backward._init_fn(grad, lam, index)
+
+        yield dtype in (torch.bfloat16, torch.float32), f"mix {str(dtype)[6:]} F={features}", run
+
+
+def compile_launch(kernel, args, kwargs, target):
+    """Specialise as the JIT would for ``target`` and compile; returns the CompiledKernel, its
+    constexprs and its options."""
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=target, options=options.__dict__), constexprs, options
+
+
+def _tool(name):
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(bundled) if bundled.exists() else shutil.which(name)
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and local memory (spill space) of the cubin's one kernel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        report = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", handle.name], check=True, capture_output=True, text=True
+        ).stdout
+    usage = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", report))
+    return {key.lower(): int(value) for key, value in usage.items()}
+
+
+def vector_width(ptx: str) -> int:
+    """The widest vector global load in the PTX, in bytes (16: 128-bit loads; 0: none)."""
+    lanes_bits = re.findall(r"ld\.global(?:\.\w+)*?\.v(\d)\.[bfsu](\d+)", ptx)
+    return max((int(lanes) * int(bits) // 8 for lanes, bits in lanes_bits), default=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true", help="also float16, float64, K=8 and forward-only (slow)")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    options = parser.parse_args()
+    if not _tool("cuobjdump"):
+        print("triton_aot_check: no cuobjdump (neither bundled with Triton nor on PATH)", file=sys.stderr)
+        return 2
+
+    # One compile per distinct specialisation; remember whether any problem needing it is main.
+    launches = {}
+    for main_problem, name, run in itertools.chain(loss_problems(options.all), mix_problems(options.all)):
+        with recording() as recorded:
+            run()
+        for kernel, args, kwargs in recorded:
+            key = (kernel.fn.__name__, repr(_spec_key(kernel, args, kwargs)))
+            entry = launches.setdefault(key, dict(kernel=kernel, args=args, kwargs=kwargs, main=False, example=name))
+            entry["main"] |= main_problem
+
+    rows, failures = [], 0
+    started = time.perf_counter()
+    for (kernel_name, _), entry in launches.items():
+        for arch, target in TARGETS.items():
+            compiled, constexprs, opts = compile_launch(entry["kernel"], entry["args"], entry["kwargs"], target)
+            usage = resource_usage(compiled.asm["cubin"])
+            spills = usage.get("local", 0) + usage.get("stack", 0)
+            row = {
+                "kernel": kernel_name,
+                "arch": arch,
+                "main": entry["main"],
+                "example": entry["example"],
+                "num_warps": opts.num_warps,
+                "constexprs": {entry["kernel"].arg_names[path[0]]: str(value) for path, value in constexprs.items()},
+                "registers": usage.get("reg"),
+                "spill_bytes": spills,
+                "vector_bytes": vector_width(compiled.asm["ptx"]),
+            }
+            rows.append(row)
+            failures += bool(spills) and entry["main"]
+            print(
+                f"{arch} {kernel_name:22s} regs={row['registers']:>3} spill={spills:>5}B vec={row['vector_bytes']:>2}B "
+                f"warps={opts.num_warps} {'main ' if entry['main'] else 'extra'} {entry['example']}"
+            )
+    elapsed = time.perf_counter() - started
+    print(f"{len(rows)} compiles ({len(launches)} configurations x {len(TARGETS)} targets) in {elapsed:.0f}s; "
+          f"{failures} main configurations spill")
+    if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        options.json.write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+    return 1 if failures else 0
+
+
+def _spec_key(kernel, args, kwargs):
+    """What makes two launches compile to the same binary: Triton's specialisation of the
+    arguments (types, alignment, unit values) and the options."""
+    backend = make_backend(TARGETS["sm_90"])
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    _, specialization, _ = binder(*args, **kwargs)
+    return [str(item) for item in specialization], kwargs.get("num_warps")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
