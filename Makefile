@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 EXTENSION_STAMP := build/.extension
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: setup build test demo cmake-check bench-cpu clean
+.PHONY: setup build test demo cmake-check aot-check bench-cpu clean
 
 setup: $(STAMP) $(EXTENSION_STAMP)
 
@@ -37,6 +37,11 @@ cmake-check: $(STAMP)
 	cmake -S . -B build/cmake -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/cmake --parallel $${MAX_JOBS:-2}
 	ctest --test-dir build/cmake --output-on-failure
+
+# Compiles every Triton kernel configuration the backend launches for sm_80 and sm_90 (no GPU
+# needed) and fails if a main configuration spills registers.
+aot-check: $(STAMP)
+	$(PY) tools/triton_aot_check.py
 
 bench-cpu: setup
 	$(PY) -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-group-by=param:shape --benchmark-columns=median,iqr,rounds
