@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) examples/train_digits.py
+	$(PY) examples/train_digits.py --plots out/demo
 
 # The same extension built by CMake from the same sources, plus the C++ test of the math headers.
 cmake-check: $(STAMP)
