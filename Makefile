@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 EXTENSION_STAMP := build/.extension
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: setup build test demo cmake-check aot-check bench-cpu clean
+.PHONY: setup build test demo cmake-check aot-check bench bench-cpu gpu-check clean
 
 setup: $(STAMP) $(EXTENSION_STAMP)
 
@@ -42,6 +42,17 @@ cmake-check: $(STAMP)
 # needed) and fails if a main configuration spills registers.
 aot-check: $(STAMP)
 	$(PY) tools/triton_aot_check.py
+
+# Every available backend against the eager reference and torch.compile of it; JSON and plots
+# under benchmarks/results/ (see benchmarks/README.md).
+bench: setup
+	$(PY) -m benchmarks --markdown
+
+# One command for a machine with a GPU and no network: builds in place against the installed
+# torch (no venv, no downloads), runs the GPU tests, compute-sanitizer and the benchmarks, and
+# leaves logs and JSON in $$OUT (default out/gpu-check).
+gpu-check:
+	PYTHON=$(PYTHON) bash tools/gpu_check.sh
 
 bench-cpu: setup
 	$(PY) -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-group-by=param:shape --benchmark-columns=median,iqr,rounds

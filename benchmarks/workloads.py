@@ -1,0 +1,81 @@
+"""The callables that are timed: for a case, an implementation and a pass, a function of no
+arguments that runs the pass on inputs built once.
+
+Implementations:
+
+- ``reference``: the eager pure-PyTorch oracle (``rankmixup_ops.reference``), what a user
+  would write by hand; the baseline of every speedup.
+- ``torch.compile``: the same oracle under ``torch.compile`` (static shapes, compiled per case).
+- each backend (``cpu``, ``cuda``, ``triton``): the public API (``rankmixup_loss`` / ``mix``)
+  with ``backend=<name>``, argument checks included, since that is what a user calls.
+
+Forward runs with inputs that require gradients (the forward of a training step, which keeps
+what the backward needs); forward+backward adds ``torch.autograd.grad`` of the loss (or of
+the mixes against a fixed upstream gradient), so no ``.grad`` accumulates between calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+import rankmixup_ops
+from rankmixup_ops import reference
+
+from .shapes import Case
+
+REFERENCE, COMPILED = "reference", "torch.compile"
+_ORACLE = {"loss": reference.rankmixup_loss, "mix": reference.mix}
+_PUBLIC = {"loss": rankmixup_ops.rankmixup_loss, "mix": rankmixup_ops.mix}
+
+
+class Workload:
+    """The inputs of one case on one device, and the timed callables over them.
+
+    The ``torch.compile`` wrapper is made per workload, and the caller resets dynamo between
+    cases, so each compiled function holds only its own case's graph (no recompilation limit,
+    no guard checks over other shapes in the timed calls).
+    """
+
+    def __init__(self, case: Case, device: torch.device, seed: int = 0):
+        self.case = case
+        gen = torch.Generator(device).manual_seed(seed)
+        # Paper's M-NDCG mixing, Beta(2, 2), one lam per mix.
+        lam, index = rankmixup_ops.sample_mixup(case.batch, case.num_mix, 2.0, device=device, generator=gen)
+        self._compiled: Callable | None = None
+        rows = case.batch * (case.num_mix + 1)
+        if case.op == "loss":
+            # Spread like a partly trained network's logits: softmax neither flat nor one-hot.
+            logits = torch.randn(rows, case.classes, device=device, generator=gen).mul_(3).to(case.dtype)
+            self.wrt = (logits[: case.batch].detach().requires_grad_(), logits[case.batch :].detach().requires_grad_())
+            targets = torch.randint(0, case.classes, (case.batch,), device=device, generator=gen)
+            self.args, self.options = (*self.wrt, targets, lam, index), {"mode": case.mode}
+            self.grad_output = None  # a scalar loss
+        else:
+            x = torch.randn(rows, *case.feat, device=device, generator=gen).to(case.dtype)
+            self.wrt = (x[: case.batch].detach().requires_grad_(),)
+            self.args, self.options = (*self.wrt, lam, index), {}
+            self.grad_output = x[case.batch :]  # the upstream gradient of the K mixes
+
+    def _function(self, impl: str) -> Callable:
+        op = self.case.op
+        if impl == REFERENCE:
+            return _ORACLE[op]
+        if impl == COMPILED:
+            if self._compiled is None:
+                self._compiled = torch.compile(_ORACLE[op], dynamic=False)
+            return self._compiled
+        return functools.partial(_PUBLIC[op], backend=impl)
+
+    def step(self, impl: str, pass_: str) -> Callable[[], object]:
+        function = self._function(impl)
+
+        def forward():
+            out = function(*self.args, **self.options)
+            return out.loss if self.case.op == "loss" else out
+
+        if pass_ == "fwd":
+            return forward
+        return lambda: torch.autograd.grad(forward(), self.wrt, self.grad_output)
