@@ -55,6 +55,7 @@ def _ddp_worker(rank: int, port: int, mode: str, out_path: str) -> None:
         _loss(model, *_shard(rank), mode).backward()
         if rank == 0:
             torch.save([p.grad for p in model.parameters()], out_path)
+        dist.barrier()  # leave together (see examples/train_ddp.py)
     finally:
         dist.destroy_process_group()
 
