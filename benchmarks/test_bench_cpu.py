@@ -6,6 +6,8 @@ a copy of that many bytes). Run: ``make bench-cpu`` (pytest-benchmark; not part 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -52,6 +54,12 @@ def _inputs(batch, num_mix, classes):
     return logits, mix_logits, targets, reference.relevance(targets, lam, index)
 
 
+def _load(when: str) -> dict:
+    """The 1-minute load average: on a shared 2-core machine, other jobs' CPU time shows up in
+    every timing (and OpenMP's two threads wait on each other), so each row records it."""
+    return {f"loadavg_{when}": os.getloadavg()[0]}
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_backward(benchmark, shape, impl):
@@ -65,8 +73,9 @@ def test_forward_backward(benchmark, shape, impl):
 
     for _ in range(3):  # warm-up (and compilation for compiled_reference)
         step()
-    benchmark.extra_info.update(shape=shape, impl=impl, threads=torch.get_num_threads())
+    benchmark.extra_info.update(shape=shape, impl=impl, threads=torch.get_num_threads(), **_load("before"))
     benchmark(step)
+    benchmark.extra_info.update(_load("after"))
 
 
 @pytest.mark.parametrize("shape", ["1024x3x1000-mndcg"])
@@ -75,5 +84,6 @@ def test_floor(benchmark, shape):
     batch, num_mix, classes, _ = SHAPES[shape]
     src = torch.randn((num_mix + 1) * batch, classes)
     dst = torch.empty_like(src)
-    benchmark.extra_info.update(shape=shape, impl="floor", bytes=2 * src.numel() * src.element_size())
+    benchmark.extra_info.update(shape=shape, impl="floor", bytes=2 * src.numel() * src.element_size(), **_load("before"))
     benchmark(dst.copy_, src)
+    benchmark.extra_info.update(_load("after"))

@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <limits>
 #include <string_view>
 
 #include "rankmixup/sample_loss.h"
@@ -34,6 +36,8 @@ inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logi
                             const at::Tensor& rel) {
   TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0, "rankmixup::loss: logits must be (B, C), non-empty");
   TORCH_CHECK(logits.is_floating_point(), "rankmixup::loss: logits must be floating point");
+  // The CPU row loops index within a row in 32 bits (and across rows in 64).
+  TORCH_CHECK(logits.size(1) <= std::numeric_limits<int32_t>::max(), "rankmixup::loss: more than 2^31 - 1 classes");
   const int64_t batch = logits.size(0);
   TORCH_CHECK(rel.dim() == 2 && rel.size(1) == batch && rel.size(0) >= 1 && rel.scalar_type() == at::kFloat,
               "rankmixup::loss: rel must be float32 (K, B)");
@@ -47,12 +51,39 @@ inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logi
   }
 }
 
+// The backward's inputs must be the forward's own (its row_coefs and row_argmax included).
+inline void check_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                     const at::Tensor& mix_logits, const at::Tensor& targets, const at::Tensor& coefs,
+                                     const at::Tensor& argmaxes) {
+  const int64_t batch = logits.size(0);
+  TORCH_CHECK(coefs.dim() == 3 && coefs.size(1) == batch && coefs.size(2) == kRowCoefs && coefs.is_contiguous() &&
+                  argmaxes.sizes() == coefs.sizes().slice(0, 2) && argmaxes.is_contiguous(),
+              "rankmixup::loss_backward: coefs/argmaxes must be the loss op's own outputs");
+  TORCH_CHECK(mix_logits.size(0) == (coefs.size(0) - 1) * batch && targets.numel() == batch,
+              "rankmixup::loss_backward: inputs do not match the forward's");
+  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == batch,
+              "rankmixup::loss_backward: grad_loss must be a scalar or (B,)");
+  for (const at::Tensor* t : {&grad_loss, &mix_logits, &targets, &coefs, &argmaxes}) {
+    TORCH_CHECK(t->device() == logits.device(), "rankmixup::loss_backward: all tensors must be on one device");
+  }
+}
+
 inline void check_mix_args(const char* op, const at::Tensor& x, const at::Tensor& lam, const at::Tensor& index) {
   TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, op,
               ": index must be int64 (K, B), non-empty");
   TORCH_CHECK(lam.sizes() == index.sizes() && lam.scalar_type() == at::kFloat, op, ": lam must be float32 (K, B)");
   TORCH_CHECK(x.is_floating_point(), op, ": x must be floating point");
   TORCH_CHECK(x.device() == lam.device() && x.device() == index.device(), op, ": all tensors must be on one device");
+}
+
+inline void check_relevance_args(const at::Tensor& targets, const at::Tensor& lam, const at::Tensor& index) {
+  TORCH_CHECK(index.dim() == 2 && index.scalar_type() == at::kLong, "rankmixup::relevance: index must be int64 (K, B)");
+  TORCH_CHECK(lam.sizes() == index.sizes() && lam.scalar_type() == at::kFloat,
+              "rankmixup::relevance: lam must be float32 (K, B)");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == index.size(1) && targets.scalar_type() == at::kLong,
+              "rankmixup::relevance: targets must be int64 (B,)");
+  TORCH_CHECK(lam.device() == targets.device() && index.device() == targets.device(),
+              "rankmixup::relevance: all tensors must be on one device");
 }
 
 }  // namespace rankmixup

@@ -52,6 +52,11 @@ TORCH_LIBRARY(rankmixup, m) {
   m.def(
       "loss_backward(Tensor grad_loss, Tensor logits, Tensor mix_logits, Tensor targets, Tensor row_coefs, "
       "Tensor row_argmax, int ignore_index) -> (Tensor grad_logits, Tensor grad_mix_logits)");
+  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam float32
+  // and index int64 (K, B) -> float32 (K, B), 1 where sample b and its partner index[k,b] share
+  // a class, else max(lam, 1 - lam). Not differentiable. A device needs no kernel of its own:
+  // it then runs the ATen composite in relevance.cpp.
+  m.def("relevance(Tensor targets, Tensor lam, Tensor index) -> Tensor");
   // Mixup (SPEC §2): x (B, *feat), lam float32 (K, B), index int64 (K, B) -> (K*B, *feat).
   m.def("mix(Tensor x, Tensor lam, Tensor index) -> Tensor");
   // d mix / d x: grad (K*B, *feat) -> (B, *feat), gathered through the inverse permutation.

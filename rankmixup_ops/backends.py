@@ -6,6 +6,7 @@ A backend is an object with two methods over *checked* arguments (see
 - ``loss(logits, mix_logits, targets, rel, *, mode, ce_weight, alpha, margin, score,
   ignore_index, label_smoothing, reduction) -> LossOutput``
 - ``mix(x, lam, index) -> Tensor``
+- ``relevance(targets, lam, index) -> rel``: the ``rel`` that ``loss`` takes (SPEC §3)
 
 and a ``unsupported(device) -> str | None`` that says why it cannot run on a device.
 ``reference`` is always there; compiled backends register a loader that either returns the
@@ -53,12 +54,7 @@ class _Reference:
     def mix(x, lam, index):
         return reference.mix(x, lam, index)
 
-
-def _not_yet(name: str, issue: str) -> Callable[[], object]:
-    def load():
-        raise BackendUnavailable(f"the {name} backend is not implemented in this version ({issue})")
-
-    return load
+    relevance = staticmethod(reference.relevance)
 
 
 def _import_backend(name: str, remedy: str):
@@ -72,7 +68,7 @@ def _import_backend(name: str, remedy: str):
 _LOADERS: dict[str, Callable[[], object]] = {
     "reference": lambda: _Reference,
     "cpu": lambda: importlib.import_module(f"{__package__}._extension").load_backend("cpu"),
-    "cuda": _not_yet("cuda", "compiled CUDA kernels are planned"),
+    "cuda": lambda: importlib.import_module(f"{__package__}._extension").load_backend("cuda"),
     "triton": lambda: _import_backend("triton", "pip install triton (CUDA GPUs; CPU tensors only under TRITON_INTERPRET=1)"),
 }
 

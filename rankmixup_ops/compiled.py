@@ -1,5 +1,6 @@
 """The compiled backends: ``torch.ops.rankmixup`` operators from the C++ extension, with the
-fake (meta) implementations torch.compile needs and their autograd formulas.
+fake (meta) implementations torch.compile needs. Their autograd is registered in C++
+(csrc/autograd.cpp), once for every device.
 
 Operators (schemas in csrc/ops.cpp):
 
@@ -14,6 +15,8 @@ Why not write the gradient in the forward (as Liger-Kernel does)? Autograd then 
 pass to scale it by ``grad_output`` (scaling the saved buffer in place breaks AOTAutograd), so
 that design moves more bytes (read, write, read, write) than this one (read; read, write), and
 keeps two logits-sized buffers alive between forward and backward.
+- ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
+  (a CPU kernel; an ATen composite on other devices, and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
 """
 
@@ -66,42 +69,6 @@ def _mix_backward_fake(grad, lam, index):
     return grad.new_empty((index.shape[1], *grad.shape[1:]))
 
 
-def _loss_setup_context(ctx, inputs, output):
-    logits, mix_logits, targets, *_ = inputs
-    _, ce, rank, row_coefs, row_argmax = output
-    ctx.mark_non_differentiable(ce, rank, row_coefs, row_argmax)
-    ctx.ignore_index = inputs[9]
-    ctx.save_for_backward(logits, mix_logits, targets, row_coefs, row_argmax)
-
-
-def _loss_backward(ctx, grad_loss, _ce, _rank, _row_coefs, _row_argmax):
-    grad_logits, grad_mix = ops.loss_backward(grad_loss, *ctx.saved_tensors, ctx.ignore_index)
-    return grad_logits, grad_mix, *([None] * 10)
-
-
-torch.library.register_autograd("rankmixup::loss", _loss_backward, setup_context=_loss_setup_context)
-
-
-def _mix_setup_context(ctx, inputs, output):
-    x, lam, index = inputs
-    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, lam, index)
-
-
-def _mix_backward(ctx, grad):
-    x, lam, index = ctx.saved_tensors
-    grad_x = ops.mix_backward(grad, lam, index) if ctx.needs_input_grad[0] else None
-    grad_lam = None
-    if ctx.needs_input_grad[1]:  # rare (lam is sampled, not learned): plain PyTorch suffices
-        acc = _accumulation_dtype(x.dtype)
-        num_mix, batch = index.shape
-        diff = (x.unsqueeze(0) - x[index]).to(acc).reshape(num_mix, batch, -1)
-        grad_lam = (diff * grad.to(acc).reshape(num_mix, batch, -1)).sum(-1).to(lam.dtype)
-    return grad_x, grad_lam, None
-
-
-torch.library.register_autograd("rankmixup::mix", _mix_backward, setup_context=_mix_setup_context)
-
-
 class CompiledBackend:
     """The backend object (see :mod:`rankmixup_ops.backends`) over the compiled operators,
     for tensors of one device type."""
@@ -124,6 +91,10 @@ class CompiledBackend:
         loss, ce, rank, _, _ = ops.loss(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin,
                                         ignore_index, label_smoothing, reduction)
         return LossOutput(loss, ce, rank)
+
+    @staticmethod
+    def relevance(targets, lam, index):
+        return ops.relevance(targets, lam, index)
 
     @staticmethod
     def mix(x, lam, index):

@@ -166,9 +166,8 @@ def _loss(fn, logits, mix_logits, targets, lam, index, *, validate, backend, **o
             num_classes=logits.shape[1],
             ignore_index=options["ignore_index"],
         )
-    rel = reference.relevance(targets, lam, index)
     impl = resolve(fn, backend, logits.device)
-    return impl.loss(logits, mix_logits, targets, rel, **options)
+    return impl.loss(logits, mix_logits, targets, impl.relevance(targets, lam, index), **options)
 
 
 def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
@@ -192,7 +191,9 @@ def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
     if mix_logits.dtype != logits.dtype:
         raise TypeError(f"{fn}: mix_logits has dtype {mix_logits.dtype} but logits has {logits.dtype}; they must match")
     check.same_device(fn, "logits", logits, mix_logits=mix_logits, targets=targets, lam=lam, index=index)
-    return logits, mix_logits.reshape(num_mix * batch, num_classes), targets, lam, index
+    if mix_logits.dim() == 3:  # only then: even a no-op reshape puts a view node in the autograd graph
+        mix_logits = mix_logits.reshape(num_mix * batch, num_classes)
+    return logits, mix_logits, targets, lam, index
 
 
 def _check_options(fn, *, mode, ce_weight, alpha, margin, score, ignore_index, label_smoothing, reduction):

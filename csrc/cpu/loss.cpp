@@ -202,14 +202,7 @@ void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const T
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,
                                              const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
                                              const Tensor& argmaxes, int64_t ignore_index) {
-  const int64_t batch = logits.size(0);
-  TORCH_CHECK(coefs.dim() == 3 && coefs.size(1) == batch && coefs.size(2) == kRowCoefs && coefs.is_contiguous() &&
-                  argmaxes.sizes() == coefs.sizes().slice(0, 2) && argmaxes.is_contiguous(),
-              "rankmixup::loss_backward: coefs/argmaxes must be the loss op's own outputs");
-  TORCH_CHECK(mix_logits.size(0) == (coefs.size(0) - 1) * batch && targets.numel() == batch,
-              "rankmixup::loss_backward: inputs do not match the forward's");
-  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == batch,
-              "rankmixup::loss_backward: grad_loss must be a scalar or (B,)");
+  check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes);
   const Tensor g = grad_loss.to(coefs.scalar_type()).contiguous();
   Tensor grad_logits = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor grad_mix = at::empty(mix_logits.sizes(), grad_logits.options());

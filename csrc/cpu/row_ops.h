@@ -1,6 +1,6 @@
-// Loops over one contiguous row of logits, written so the compiler vectorises them: no
-// branches in the bodies, reductions declared to OpenMP SIMD, and an exp that is plain
-// arithmetic (std::exp is a library call, which no compiler vectorises without -ffast-math).
+// Loops over one contiguous row of logits (defined in row_ops.cpp, compiled there for several
+// x86 ISAs), and the exp they use: plain arithmetic, because std::exp is a library call, which
+// no compiler vectorises without -ffast-math.
 #pragma once
 
 #include <bit>
@@ -40,41 +40,13 @@ struct RowScan {
   T sum;  // sum of the logits (label smoothing needs it)
 };
 
-template <class T>
-RowScan<T> scan_row(const T* z, int64_t n) {
-  T max = z[0];
-  T sum = T(0);
-#pragma omp simd reduction(max : max) reduction(+ : sum)
-  for (int64_t c = 0; c < n; ++c) {
-    max = z[c] > max ? z[c] : max;
-    sum += z[c];
-  }
-  RowScan<T> out;
-  out.sum = sum;
-  if (!std::isfinite(sum)) {  // a NaN or an infinity somewhere in the row
-    out.stats.poison();
-    return out;
-  }
-  int64_t argmax = 0;
-  while (z[argmax] != max) ++argmax;  // first occurrence: ties go to the lowest index
-  T sumexp = T(0);
-#pragma omp simd reduction(+ : sumexp)
-  for (int64_t c = 0; c < n; ++c) sumexp += exp_nonpositive(z[c] - max);
-  out.stats.max = max;
-  out.stats.argmax = argmax;
-  out.stats.sumexp = sumexp;
-  return out;
-}
+// Statistics and logit sum of the row z[0..n) (n >= 1); a row holding a NaN or an infinity
+// comes back poisoned (RowStats::poison).
+RowScan<float> scan_row(const float* z, int64_t n);
+RowScan<double> scan_row(const double* z, int64_t n);
 
-// out[c] = d loss / d z_c for the row z with log-sum-exp `lse` (see RowGrad).
-template <class T>
-void write_grad_row(const T* z, int64_t n, T lse, const RowGrad<T>& g, T* out) {
-  const T scale_p = g.scale_p;
-  const T constant = g.constant;
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) out[c] = scale_p * exp_nonpositive(z[c] - lse) + constant;
-  out[g.argmax] += g.at_max;
-  if (g.target >= 0) out[g.target] += g.at_target;
-}
+// out[c] = d loss / d z_c for the row z[0..n) with log-sum-exp `lse` (see RowGrad).
+void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out);
+void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out);
 
 }  // namespace rankmixup::cpu

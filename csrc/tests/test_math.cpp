@@ -65,6 +65,18 @@ void test_vector_exp() {
   expect_near(scan.sum, 5.5, 1e-7, "scan_row sum");
   z[2] = NAN;
   expect_near(std::isnan(cpu::scan_row(z.data(), 5).stats.lse()), 1, 0, "non-finite row poisons lse");
+  // Both of scan_row's paths (rows of up to 16 columns, and longer ones), with the max tied.
+  for (int n : {16, 17, 40}) {
+    std::vector<float> row(n);
+    std::vector<double> exact(n);
+    for (int c = 0; c < n; ++c) exact[c] = row[c] = std::sin(0.7f * static_cast<float>(c));
+    row[n - 2] = row[n - 1] = 1.5f;  // ties at the end: the lower index wins
+    exact[n - 2] = exact[n - 1] = 1.5;
+    const cpu::RowScan<float> s = cpu::scan_row(row.data(), n);
+    const RowStats<double> d = direct_stats(exact);
+    expect_near(static_cast<double>(s.stats.argmax), n - 2, 0, "scan_row argmax, tied");
+    expect_near(s.stats.sumexp, d.sumexp, 1e-6, "scan_row sumexp");
+  }
 }
 
 // Loss of one sample as a function of all its logits, for finite differences.

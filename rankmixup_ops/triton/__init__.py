@@ -9,6 +9,7 @@ module was imported — Triton's interpreter, slow, meant for tests on machines 
 import torch
 import triton
 
+from ..reference import relevance
 from .loss import rankmixup_loss
 from .mix import _mix_kernel
 from .mix import mix as _mix_op
@@ -40,6 +41,9 @@ class TritonBackend:
     @staticmethod
     def mix(x, lam, index):
         return _mix_op(x, lam, index)
+
+    # (K, B) elementwise work, negligible on a GPU next to the loss: plain PyTorch suffices.
+    relevance = staticmethod(relevance)
 
 
 BACKEND = TritonBackend()

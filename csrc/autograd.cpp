@@ -1,0 +1,150 @@
+// Autograd for the ops in ops.cpp, registered once for every device (the Autograd alias key):
+// forward redispatches below autograd to the device's kernel (cpu/ or cuda/), backward calls the
+// device's backward op; `relevance` is declared not differentiable. In C++ rather than with
+// Python's torch.library.register_autograd, whose Python node cost tens of microseconds per
+// call (measured at the paper's shapes: more than the fused kernels themselves). torch.compile
+// traces through it like any C++ autograd op, the ops' fake implementations (compiled.py)
+// answering for the kernels.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <string_view>
+#include <tuple>
+
+namespace rankmixup {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using LossOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// Typed handles to the ops, looked up once: calls through them go to the next dispatch key.
+const auto& loss_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::loss", "")
+                             .typed<LossOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                std::string_view, std::string_view, double, double, double, int64_t,
+                                                double, std::string_view)>();
+  return op;
+}
+
+const auto& loss_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::loss_backward", "")
+                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                               const Tensor&, const Tensor&, const Tensor&, int64_t)>();
+  return op;
+}
+
+const auto& mix_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::mix", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+  return op;
+}
+
+const auto& mix_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::mix_backward", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+  return op;
+}
+
+const auto& relevance_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::relevance", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+  return op;
+}
+
+// Differentiable in logits and mix_logits; the parts and the per-row records are not.
+class LossFunction : public torch::autograd::Function<LossFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& mix_logits,
+                               const Tensor& targets, const Tensor& rel, std::string_view mode, std::string_view score,
+                               double ce_weight, double alpha, double margin, int64_t ignore_index,
+                               double label_smoothing, std::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, ce, rank, row_coefs, row_argmax] = loss_op().call(
+        logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
+        reduction);
+    ctx->mark_non_differentiable({ce, rank, row_coefs, row_argmax});
+    // The four non-differentiable outputs never carry a gradient: spare autograd filling a
+    // tensor of zeros for each of them on every backward.
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({logits, mix_logits, targets, row_coefs, row_argmax});
+    ctx->saved_data["ignore_index"] = ignore_index;
+    return {loss, ce, rank, row_coefs, row_argmax};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(12);  // one per input; only the logits are differentiable
+    if (!grads[0].defined()) return out;
+    const variable_list saved = ctx->get_saved_variables();
+    auto [grad_logits, grad_mix] = loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3],
+                                                           saved[4], ctx->saved_data["ignore_index"].toInt());
+    out[0] = grad_logits;
+    out[1] = grad_mix;
+    return out;
+  }
+};
+
+// Differentiable in x (the usual case) and in lam (rare: lam is sampled, not learned).
+class MixFunction : public torch::autograd::Function<MixFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& lam, const Tensor& index) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({lam.requires_grad() ? x : Tensor(), lam, index});
+    return mix_op().call(x, lam, index);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &lam = saved[1], &index = saved[2];
+    const Tensor& grad = grads[0];
+    Tensor grad_x, grad_lam;
+    if (ctx->needs_input_grad(0)) grad_x = mix_backward_op().call(grad, lam, index);
+    if (ctx->needs_input_grad(1)) {
+      // d out[k*B+b] / d lam[k,b] = x[b] - x[index[k,b]], summed against grad over the features.
+      const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      const int64_t num_mix = index.size(0), batch = index.size(1);
+      const Tensor partners = x.index_select(0, index.reshape(-1)).reshape({num_mix, batch, -1});
+      const Tensor diff = (x.reshape({1, batch, -1}) - partners).to(acc);
+      grad_lam = (diff * grad.to(acc).reshape({num_mix, batch, -1})).sum(-1).to(lam.scalar_type());
+    }
+    return {grad_x, grad_lam, Tensor()};
+  }
+};
+
+LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+                          std::string_view mode, std::string_view score, double ce_weight, double alpha,
+                          double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction) {
+  const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha,
+                                                margin, ignore_index, label_smoothing, reduction);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
+Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index) {
+  return MixFunction::apply(x, lam, index);
+}
+
+// A piecewise-constant function of lam: its output never requires grad (the loss takes rel as a
+// constant), even for a lam that does.
+Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return relevance_op().call(targets, lam, index);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rankmixup, Autograd, m) {
+  m.impl("loss", &loss_autograd);
+  m.impl("relevance", &relevance_autograd);
+  m.impl("mix", &mix_autograd);
+}
+
+}  // namespace rankmixup

@@ -1,0 +1,382 @@
+"""The compiled CUDA backend.
+
+Everywhere (no GPU needed): the extension was built with CUDA kernels when it could be, it
+registers a CUDA kernel for every operator it registers for the CPU, and build_info() names
+the GPU architectures compiled for.
+
+With a GPU (marked gpu): the CPU backend's matrix (tests/backend_cases.py) on CUDA tensors
+against the reference, plus what only a device shows: the vector and element-wise paths,
+rows of 128k classes, bitwise determinism, CUDA-graph capture (no host sync), NaN instead of
+out-of-bounds reads for bad labels and indices, opcheck, and a torch.compile training step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+import torch
+from backend_cases import (
+    LAYOUTS,
+    LOSS_SHAPES,
+    MIX_SHAPES,
+    RANKINGS,
+    REDUCTIONS,
+    SEED,
+    close,
+    gen,
+    loss_args,
+    low_precision_errors,
+    mix_problem,
+    options,
+    problem,
+    reference_backend,
+    run,
+    run_mix,
+    strided,
+)
+
+from rankmixup_ops import reference
+from rankmixup_ops.backends import BackendUnavailable
+
+try:
+    from rankmixup_ops import _extension
+
+    INFO = _extension.build_info()
+except BackendUnavailable as error:  # pragma: no cover - `make test` always builds it
+    pytest.skip(f"compiled extension unavailable: {error}", allow_module_level=True)
+
+OPS = ("loss", "loss_backward", "mix", "mix_backward")
+HAS_CUDA_KERNELS = "cuda" in INFO["backends"]
+needs_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="extension built without CUDA kernels")
+CUDA = _extension.load_backend("cuda") if HAS_CUDA_KERNELS else None
+
+
+def gpu(test):
+    """Marks a test that runs CUDA kernels: `make gpu-check` selects these (-m gpu)."""
+    for mark in (pytest.mark.gpu, needs_kernels,
+                 pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")):
+        test = mark(test)
+    return test
+
+
+# --- everywhere: the build -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.environ.get("RANKMIXUP_BUILD_CUDA") == "0" or torch.version.cuda is None
+    or not (os.environ.get("CUDA_HOME") or shutil.which("nvcc")),
+    reason="no CUDA toolkit and CUDA build of torch to compile kernels with",
+)
+def test_cuda_kernels_are_built_when_they_can_be():
+    """CI has nvcc and a CUDA torch but no GPU: the kernels must still compile and link."""
+    assert HAS_CUDA_KERNELS, f"nvcc and a CUDA build of torch are present, yet the extension has {INFO['backends']}"
+
+
+@needs_kernels
+def test_every_cpu_operator_has_a_cuda_kernel():
+    cpu_ops = sorted(
+        name for name in torch._C._dispatch_get_registrations_for_dispatch_key("CPU") if name.startswith("rankmixup::")
+    )
+    assert {f"rankmixup::{op}" for op in OPS} <= set(cpu_ops)
+    for name in cpu_ops:  # a kernel of its own, or a composite that covers CUDA
+        assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(name, "CUDA"), name
+    for op in OPS:  # this backend's four ops have kernels of their own
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rankmixup::{op}", "CUDA"), op
+
+
+@needs_kernels
+def test_build_info_names_the_architectures():
+    arch_list = INFO["cuda_arch_list"]
+    assert all(re.fullmatch(r"\d+\.\d+a?(\+PTX)?", arch) for arch in re.split(r"[;\s]+", arch_list)), arch_list
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ:  # setup.py's default: Ampere, Hopper, PTX for newer GPUs
+        assert arch_list == "8.0;9.0+PTX"
+
+
+# --- with a GPU: the loss against the reference ----------------------------------------------
+
+# Beyond the CPU matrix: C = 100 (a vector path with many rows per block), C = 4096 (a whole block
+# per row, vectors), C = 128k + 3 (a whole block per row, element-wise, lanes looping), and a batch
+# large enough that the mean's divisor is counted by a kernel of its own.
+CUDA_SHAPES = [(64, 3, 100), (4, 2, 4096), (2, 1, 128 * 1024 + 3), (2500, 1, 10)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("mode,score", RANKINGS)
+@pytest.mark.parametrize("batch,num_mix,classes", LOSS_SHAPES + CUDA_SHAPES)
+def test_loss_matches_reference(batch, num_mix, classes, mode, score, reduction, dtype):
+    prob = problem(batch, num_mix, classes, dtype=dtype, seed=batch * 1000 + num_mix * 10 + classes, device="cuda")
+    opts = options(mode, score, reduction)
+    close(run(CUDA, *prob, opts), run(reference_backend("cuda"), *prob, opts))
+
+
+@gpu
+@pytest.mark.parametrize("ignore", ["none", "some", "all"])
+@pytest.mark.parametrize("ce_weight,label_smoothing", [(0.0, 0.0), (1.0, 0.0), (1.0, 0.25), (0.0, 0.7)])
+@pytest.mark.parametrize("mode,score", RANKINGS)
+def test_loss_options(mode, score, ce_weight, label_smoothing, ignore):
+    prob = problem(12, 3, 17, ignore=ignore, seed=7, device="cuda")
+    for reduction in REDUCTIONS:
+        opts = options(mode, score, reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
+        close(run(CUDA, *prob, opts), run(reference_backend("cuda"), *prob, opts))
+
+
+@gpu
+@pytest.mark.parametrize("num_mix,classes", [(40, 7), (300, 7), (6, 5000)])
+def test_loss_many_mixes(num_mix, classes):
+    """More rows per sample than teams per block: the teams loop over a sample's rows."""
+    prob = problem(5, num_mix, classes, seed=num_mix, device="cuda")
+    for mode, score in RANKINGS:
+        opts = options(mode, score, "mean")
+        close(run(CUDA, *prob, opts), run(reference_backend("cuda"), *prob, opts))
+
+
+@gpu
+def test_loss_too_many_mixes_raise():
+    logits, mix_logits, targets, rel = problem(2, 1000, 2, device="cuda")
+    with pytest.raises(RuntimeError, match="shared memory"):
+        CUDA.loss(logits, mix_logits, targets, rel, **options())
+
+
+@gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("classes", [23, 64])  # 64: contiguous rows take the vector path, the others not
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_loss_any_strides(layout, classes, dtype):
+    logits, mix_logits, targets, rel = problem(6, 3, classes, dtype=dtype, seed=3, device="cuda")
+    opts = options("mrl", "prob", "none")
+    expected = run(CUDA, logits, mix_logits, targets, rel, opts)
+    # The paths split rows among lanes differently: sums may differ in the last bit, which a
+    # bf16 gradient can round one unit apart.
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    close(run(CUDA, strided(logits, layout), strided(mix_logits, layout), targets, rel, opts), expected, rtol)
+    close(run(CUDA, logits, mix_logits, targets, rel.t().contiguous().t(), opts), expected, rtol)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mode,score", RANKINGS)
+@pytest.mark.parametrize("classes", [100, 4096])
+def test_loss_low_precision(mode, score, dtype, classes):
+    """No worse than 2x the reference's own error in that dtype, against a float64 reference."""
+    prob = problem(32, 3, classes, dtype=dtype, seed=11, device="cuda")
+    for reduction in REDUCTIONS:
+        cuda_err, ref_err = low_precision_errors(CUDA, prob, options(mode, score, reduction))
+        assert cuda_err <= 2 * ref_err + 1e-6, f"seed {SEED}: {reduction}: cuda {cuda_err:.3g}, reference {ref_err:.3g}"
+
+
+@gpu
+@pytest.mark.parametrize("classes", [6, 333])
+def test_argmax_ties_go_to_lowest_index(classes):
+    """Integer logits: many rows have tied maxima, often in different lanes; the score
+    gradient must hit the first."""
+    g = gen(5)
+    logits = torch.randint(0, 3, (8, classes), generator=g).float().cuda()
+    mix_logits = torch.randint(0, 3, (24, classes), generator=g).float().cuda()
+    _, _, targets, rel = problem(8, 3, classes, ignore="none", seed=5, device="cuda")
+    for mode, score in RANKINGS:
+        opts = options(mode, score, "sum")
+        close(run(CUDA, logits, mix_logits, targets, rel, opts),
+              run(reference_backend("cuda"), logits, mix_logits, targets, rel, opts))
+
+
+@gpu
+def test_ignored_rows_never_read():
+    logits, mix_logits, targets, rel = problem(6, 3, 9, ignore="none", seed=2, device="cuda")
+    targets[[1, 4]] = -100
+    poison = torch.tensor([float("nan"), float("inf"), -float("inf")], device="cuda").repeat(3)
+    logits[[1, 4]] = poison
+    mix_logits[[7, 10, 13, 16]] = poison  # rows k*B + b of the same samples
+    for mode, score in RANKINGS:
+        loss, _, _, grad_logits, grad_mix = run(CUDA, logits, mix_logits, targets, rel, options(mode, score, "none"))
+        assert torch.isfinite(loss).all() and loss[[1, 4]].eq(0).all()
+        assert grad_logits[[1, 4]].eq(0).all() and grad_mix.view(3, 6, 9)[:, [1, 4]].eq(0).all()
+        assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_mix).all()
+
+
+@gpu
+def test_non_finite_valid_logits_give_nan():
+    logits, mix_logits, targets, rel = problem(4, 2, 5, ignore="none", seed=4, device="cuda")
+    logits[2, 3] = float("nan")
+    mix_logits[4 + 1, 0] = float("inf")
+    for mode, score in RANKINGS:
+        loss = run(CUDA, logits, mix_logits, targets, rel, options(mode, score, "none"))[0]
+        assert loss[[2]].isnan().all() and torch.isfinite(loss[[0, 3]]).all()
+
+
+@gpu
+def test_bad_targets_give_nan_not_a_fault():
+    """A label outside [0, C) cannot be reported without a host sync: its sample is NaN."""
+    logits, mix_logits, targets, rel = problem(4, 1, 5, ignore="none", seed=9, device="cuda")
+    targets[0], targets[2] = 5, -3
+    loss = run(CUDA, logits, mix_logits, targets, rel, options(reduction="none"))[0]
+    assert loss[[0, 2]].isnan().all() and torch.isfinite(loss[[1, 3]]).all()
+    torch.cuda.synchronize()  # no device-side fault
+
+
+@gpu
+def test_forward_only_and_retain_graph():
+    logits, mix_logits, targets, rel = problem(8, 3, 10, seed=6, device="cuda")
+    opts = options()
+    with torch.no_grad():
+        no_grad = CUDA.loss(logits, mix_logits, targets, rel, **opts)
+    torch.testing.assert_close(no_grad.loss, reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel,
+                                                                                     **opts).loss)
+    raw = logits.clone().requires_grad_()  # only one input needs a gradient
+    loss = CUDA.loss(raw, mix_logits, targets, rel, **opts).loss
+    loss.backward(retain_graph=True)
+    first = raw.grad.clone()
+    (3 * loss).backward()
+    torch.testing.assert_close(raw.grad, 4 * first)
+
+
+@gpu
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_is_deterministic(reduction):
+    """No floating-point atomics: the same inputs give the same bits."""
+    prob = problem(300, 3, 1000, seed=21, device="cuda")
+    first = run(CUDA, *prob, options(reduction=reduction))
+    for _ in range(3):
+        for a, b in zip(run(CUDA, *prob, options(reduction=reduction)), first):
+            assert torch.equal(a, b)
+
+
+@gpu
+def test_loss_runs_on_the_current_stream():
+    """Inputs written on a side stream just before the call must be what the kernels read."""
+    prob = problem(64, 3, 1000, seed=22, device="cuda")
+    expected = CUDA.loss(*prob, **options(reduction="none")).loss
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(50_000_000)  # the copy below lands long after a wrong-stream kernel ran
+        late = [t.clone() for t in prob]
+        actual = CUDA.loss(*late, **options(reduction="none")).loss
+    stream.synchronize()
+    assert torch.equal(actual, expected)
+
+
+@gpu
+def test_forward_and_backward_capture_in_a_cuda_graph():
+    """No host synchronisation in either direction: both ops record into a CUDA graph."""
+    logits, mix_logits, targets, rel = problem(16, 3, 33, seed=23, device="cuda")
+    args = (logits, mix_logits, targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    eager = torch.ops.rankmixup.loss(*args)
+    eager_grads = torch.ops.rankmixup.loss_backward(torch.ones((), device="cuda"), logits, mix_logits, targets,
+                                                     eager[3], eager[4], -100)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the capture, as torch.cuda.graphs advises
+        torch.ops.rankmixup.loss(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.rankmixup.loss(*args)
+        grads = torch.ops.rankmixup.loss_backward(torch.ones((), device="cuda"), logits, mix_logits, targets, out[3],
+                                                  out[4], -100)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip((*out, *grads), (*eager, *eager_grads)):
+        assert torch.equal(a, b)
+
+
+# --- with a GPU: mixup -----------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["lam(K)", "lam(K,B)"])
+@pytest.mark.parametrize("batch,num_mix,feat", MIX_SHAPES + [(8, 3, (3, 32, 32))])
+def test_mix_matches_reference(batch, num_mix, feat, per_sample, dtype):
+    x, lam, index = mix_problem(batch, num_mix, feat, per_sample=per_sample, dtype=dtype, seed=batch + num_mix,
+                                device="cuda")
+    grad = torch.randn(num_mix * batch, *feat, generator=gen(1), dtype=torch.float64).to(dtype).cuda()
+    tol = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}.get(dtype, {})
+    for a, e in zip(run_mix(CUDA.mix, x, lam, index, grad), run_mix(reference.mix, x, lam, index, grad)):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m: f"seed {SEED}: {m}")
+
+
+@gpu
+def test_mix_non_contiguous_and_lam_grad():
+    x, lam, index = mix_problem(6, 3, (4, 5), per_sample=True, seed=2, device="cuda")
+    x_t = x.transpose(1, 2).contiguous().transpose(1, 2)
+    results = []
+    for mix in (CUDA.mix, reference.mix):
+        xr, lr = x_t.clone().requires_grad_(), lam.clone().requires_grad_()
+        out = mix(xr, lr, index)
+        (out * torch.arange(out.numel(), device="cuda").view_as(out)).sum().backward()
+        results.append((out.detach(), xr.grad, lr.grad))
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
+
+
+@gpu
+def test_mix_bad_index_gives_nan_not_a_fault():
+    x, lam, index = mix_problem(4, 2, (3,), per_sample=False, seed=3, device="cuda")
+    out = CUDA.mix(x, lam, index + 1)  # index B is out of range: that row is NaN, no read
+    assert out.view(2, 4, 3)[index + 1 == 4].isnan().all() and out.view(2, 4, 3)[index + 1 < 4].isfinite().all()
+    index[1] = 0  # in range, but not a permutation: rows of grad_x without a partner are NaN
+    grad_x = run_mix(CUDA.mix, x, lam, index, torch.ones(8, 3, device="cuda"))[1]
+    assert grad_x[1:].isnan().all() and grad_x[0].isfinite().all()
+    torch.cuda.synchronize()
+
+
+@gpu
+def test_mix_is_deterministic():
+    x, lam, index = mix_problem(64, 4, (3, 16, 16), per_sample=True, seed=24, device="cuda")
+    grad = torch.randn(256, 3, 16, 16, generator=gen(2)).cuda()
+    first = run_mix(CUDA.mix, x, lam, index, grad)
+    for a, b in zip(run_mix(CUDA.mix, x, lam, index, grad), first):
+        assert torch.equal(a, b)
+
+
+# --- with a GPU: operator registration --------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
+def test_opcheck_loss(reduction, requires_grad):
+    torch.library.opcheck(torch.ops.rankmixup.loss.default,
+                          loss_args(reduction, requires_grad=requires_grad, device="cuda"))
+
+
+@gpu
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_loss_backward(reduction):
+    args = loss_args(reduction, requires_grad=False, device="cuda")
+    _, _, _, row_coefs, row_argmax = torch.ops.rankmixup.loss(*args)
+    grad_loss = torch.rand(5, device="cuda") if reduction == "none" else torch.tensor(1.5, device="cuda")
+    torch.library.opcheck(torch.ops.rankmixup.loss_backward.default,
+                          (grad_loss, *args[:3], row_coefs, row_argmax, -100))
+
+
+@gpu
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_opcheck_mix(per_sample):
+    x, lam, index = mix_problem(5, 3, (2, 3), per_sample=per_sample, seed=13, device="cuda")
+    torch.library.opcheck(torch.ops.rankmixup.mix.default, (x.requires_grad_(), lam, index))
+    grad = torch.randn(15, 2, 3, device="cuda")
+    torch.library.opcheck(torch.ops.rankmixup.mix_backward.default, (grad, lam, index))
+
+
+@gpu
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_training_step_has_no_graph_break(compiler):
+    model = torch.nn.Linear(8, 5).cuda()
+    x = torch.randn(6, 8, device="cuda")
+    _, _, targets, rel = problem(6, 3, 5, seed=14, device="cuda")
+    _, lam, index = mix_problem(6, 3, (8,), per_sample=True, seed=14, device="cuda")
+
+    def step(x):
+        out = model(torch.cat([x, CUDA.mix(x, lam, index)]))
+        return CUDA.loss(out[:6], out[6:], targets, rel, **options("mrl", "prob")).loss
+
+    step(x).backward()
+    grad = model.weight.grad.clone()
+    model.zero_grad()
+    torch.compile(step, fullgraph=True, backend=compiler)(x).backward()
+    torch.testing.assert_close(model.weight.grad, grad)
