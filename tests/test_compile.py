@@ -65,16 +65,28 @@ def test_sample_mixup_compiles_without_graph_breaks():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_autocast_bfloat16_logits_use_float32_math(backend):
-    model = _model()
-    x, y, lam, index = _batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+GPU_BACKENDS = (
+    [name for name in ("triton", "cuda") if rmx.available_backends()[name].available]
+    if torch.cuda.is_available()
+    else []
+)
+AUTOCAST_CASES = [("cpu", torch.bfloat16, name) for name in CPU_BACKENDS] + [
+    pytest.param("cuda", dtype, name, marks=pytest.mark.gpu)
+    for name in GPU_BACKENDS
+    for dtype in (torch.bfloat16, torch.float16)
+]
+
+
+@pytest.mark.parametrize("device,dtype,backend", AUTOCAST_CASES)
+def test_autocast_low_precision_logits_use_float32_math(device, dtype, backend):
+    model = _model().to(device)
+    x, y, lam, index = (t.to(device) for t in _batch())
+    with torch.autocast(device, dtype=dtype):
         logits, mix_logits = model(x), model(rmx.mix(x, lam, index, backend=backend))
         out = rmx.rankmixup_loss(logits, mix_logits, y, lam, index, backend=backend)
-    assert logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert logits.dtype == dtype and out.loss.dtype == torch.float32
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    # The loss over bf16 logits equals the float32 reference on the same (rounded) logits.
+    # The loss over low-precision logits equals the float32 reference on the same (rounded) logits.
     expected = rmx.rankmixup_loss(logits.float(), mix_logits.float(), y, lam, index, backend="reference")
     torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-6)
