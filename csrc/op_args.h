@@ -55,6 +55,15 @@ inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logi
 inline void check_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
                                      const at::Tensor& mix_logits, const at::Tensor& targets, const at::Tensor& coefs,
                                      const at::Tensor& argmaxes) {
+  // The same shapes and dtypes as the forward checks: the kernels index mix rows with the
+  // logits' C and a 2-D stride, so a mismatch here would read and write out of bounds.
+  TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0 && logits.is_floating_point(),
+              "rankmixup::loss_backward: logits must be floating (B, C), non-empty");
+  TORCH_CHECK(mix_logits.dim() == 2 && mix_logits.size(1) == logits.size(1) &&
+                  mix_logits.scalar_type() == logits.scalar_type(),
+              "rankmixup::loss_backward: mix_logits must be (K*B, C) with the dtype of logits");
+  TORCH_CHECK(targets.dim() == 1 && targets.scalar_type() == at::kLong, "rankmixup::loss_backward: targets must be int64 (B,)");
+  TORCH_CHECK(argmaxes.scalar_type() == at::kLong, "rankmixup::loss_backward: argmaxes must be the loss op's own output");
   const int64_t batch = logits.size(0);
   TORCH_CHECK(coefs.dim() == 3 && coefs.size(1) == batch && coefs.size(2) == kRowCoefs && coefs.is_contiguous() &&
                   argmaxes.sizes() == coefs.sizes().slice(0, 2) && argmaxes.is_contiguous(),

@@ -245,3 +245,20 @@ def test_compiled_training_step_has_no_graph_break():
     model.zero_grad()
     torch.compile(step, fullgraph=True, backend="aot_eager")(x).backward()
     torch.testing.assert_close(model.weight.grad, grad)
+
+
+def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
+    """Called directly with a mix_logits of another width, the backward op must refuse rather
+    than index rows with the logits' C (which would run out of bounds)."""
+    batch, num_mix, classes = 3, 2, 5
+    logits = torch.randn(batch, classes)
+    mix_logits = torch.randn(num_mix * batch, classes)
+    targets = torch.tensor([0, 1, 2])
+    rel = torch.full((num_mix, batch), 0.6)
+    out = torch.ops.rankmixup.loss(logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.1, 2.0, -100, 0.0, "mean")
+    row_coefs, row_argmax = out[3], out[4]
+    narrow = torch.randn(num_mix * batch, classes - 2)
+    with pytest.raises(RuntimeError, match="mix_logits must be"):
+        torch.ops.rankmixup.loss_backward(torch.ones(()), logits, narrow, targets, row_coefs, row_argmax, -100)
+    with pytest.raises(RuntimeError, match="targets must be int64"):
+        torch.ops.rankmixup.loss_backward(torch.ones(()), logits, mix_logits, targets.int(), row_coefs, row_argmax, -100)
