@@ -98,8 +98,9 @@ def main(argv=None) -> int:
     if rank == 0:
         summary = ", ".join(f"{name} {float(scores[name]):.4f}" for name in ("acc", "ece", "adaece", "nll"))
         print(f"{world} ranks, {'FSDP' if args.fsdp else 'DDP'}, {args.mode}: {summary}", flush=True)
-    # Leave together: a rank that tears its gloo context down while another is still in a
-    # collective can abort at exit.
+    # Leave together, and free the wrapped model (and the communication state it holds) while
+    # the process group still exists: tearing gloo down first can abort a rank at exit.
+    del model, optimizer
     dist.barrier()
     dist.destroy_process_group()
     return 0
