@@ -8,8 +8,10 @@
 // launch): each output element is written once by one thread, summed in k order. Deterministic.
 //
 // An index outside [0, B), or a row of index that is not a permutation, cannot be reported
-// without a host sync (the CPU kernels raise): the rows it touches come out NaN instead of
-// reading out of bounds. validate=True in the Python API checks both before any kernel runs.
+// without a host sync (the CPU kernels raise). Nothing is read out of bounds: forward rows with
+// an out-of-range partner come out NaN; in the backward, a sample no entry names gets NaN, while
+// a sample named twice gets one of its partners' contributions (which one is not defined).
+// validate=True in the Python API checks both before any kernel runs.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
