@@ -26,14 +26,11 @@ import torch
 
 from ._extension import extension
 from ._types import LossOutput
+from .reference import accumulation_dtype
 
 extension()  # registers the operators (raises BackendUnavailable if the build is missing)
 ops = torch.ops.rankmixup
 ROW_COEFS = 5  # kRowCoefs in csrc/include/rankmixup/sample_loss.h
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.register_fake("rankmixup::loss")
@@ -44,7 +41,7 @@ def _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, 
     torch._check(tuple(mix_logits.shape) == (rel.shape[0] * batch, num_classes),
                  lambda: "rankmixup::loss: mix_logits must be (K*B, C)")
     torch._check(tuple(targets.shape) == (batch,), lambda: "rankmixup::loss: targets must be (B,)")
-    acc = _accumulation_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     values = [logits.new_empty((batch,) if reduction == "none" else (), dtype=acc) for _ in range(3)]
     rows = (rel.shape[0] + 1, batch)
     return (*values, logits.new_empty((*rows, ROW_COEFS), dtype=acc), logits.new_empty(rows, dtype=torch.int64))
