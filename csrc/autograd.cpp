@@ -1,6 +1,6 @@
 // Autograd for the ops in ops.cpp, registered once for every device (the Autograd alias key):
 // forward redispatches below autograd to the device's kernel (cpu/ or cuda/), backward calls the
-// device's backward op; `relevance` is declared not differentiable. In C++ rather than with
+// device's backward op (or, on the CPU, scales the gradient its forward wrote); `relevance` is declared not differentiable. In C++ rather than with
 // Python's torch.library.register_autograd, whose Python node cost tens of microseconds per
 // call (measured at the paper's shapes: more than the fused kernels themselves). torch.compile
 // traces through it like any C++ autograd op, the ops' fake implementations (compiled.py)
@@ -12,6 +12,7 @@
 
 #include <string_view>
 #include <tuple>
+#include <utility>
 
 namespace rankmixup {
 namespace {
@@ -29,6 +30,17 @@ const auto& loss_op() {
                              .typed<LossOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                 std::string_view, std::string_view, double, double, double, int64_t,
                                                 double, std::string_view)>();
+  return op;
+}
+
+using LossWithGradOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+const auto& loss_with_grad_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::loss_with_grad", "")
+                             .typed<LossWithGradOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                        std::string_view, std::string_view, double, double, double,
+                                                        int64_t, double, std::string_view)>();
   return op;
 }
 
@@ -62,16 +74,34 @@ const auto& relevance_op() {
 }
 
 // Differentiable in logits and mix_logits; the parts and the per-row records are not.
+//
+// On the CPU, when a gradient will be wanted, the forward runs loss_with_grad, which writes the
+// gradient (for grad_output = 1) from the exps it computes anyway: the CPU kernels are bound by
+// the exp, and this computes one per logit instead of two. Those buffers, kept until the
+// backward, cost two logits-sized tensors of memory. The first backward takes them over and
+// scales them in place; a second one (retain_graph=True) finds them gone and runs the
+// loss_backward op from the saved logits and row records, as every other device does.
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& mix_logits,
                                const Tensor& targets, const Tensor& rel, std::string_view mode, std::string_view score,
                                double ce_weight, double alpha, double margin, int64_t ignore_index,
-                               double label_smoothing, std::string_view reduction) {
+                               double label_smoothing, std::string_view reduction, bool grad_in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, ce, rank, row_coefs, row_argmax] = loss_op().call(
-        logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
-        reduction);
+    Tensor loss, ce, rank, row_coefs, row_argmax;
+    if (grad_in_forward) {
+      Tensor grad_logits, grad_mix;
+      std::tie(loss, ce, rank, row_coefs, row_argmax, grad_logits, grad_mix) = loss_with_grad_op().call(
+          logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
+          reduction);
+      ctx->saved_data[kGradLogits] = grad_logits;
+      ctx->saved_data[kGradMix] = grad_mix;
+      ctx->saved_data["dtype"] = logits.scalar_type();
+    } else {
+      std::tie(loss, ce, rank, row_coefs, row_argmax) = loss_op().call(
+          logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
+          reduction);
+    }
     ctx->mark_non_differentiable({ce, rank, row_coefs, row_argmax});
     // The four non-differentiable outputs never carry a gradient: spare autograd filling a
     // tensor of zeros for each of them on every backward.
@@ -82,14 +112,43 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(12);  // one per input; only the logits are differentiable
+    variable_list out(13);  // one per input; only the logits are differentiable
     if (!grads[0].defined()) return out;
+    if (ctx->saved_data.count(kGradLogits) != 0) {
+      std::tie(out[0], out[1]) = take_forward_grads(ctx, grads[0], ctx->saved_data["dtype"].toScalarType());
+      return out;
+    }
     const variable_list saved = ctx->get_saved_variables();
-    auto [grad_logits, grad_mix] = loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3],
-                                                           saved[4], ctx->saved_data["ignore_index"].toInt());
-    out[0] = grad_logits;
-    out[1] = grad_mix;
+    std::tie(out[0], out[1]) = loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                       ctx->saved_data["ignore_index"].toInt());
     return out;
+  }
+
+ private:
+  static constexpr const char* kGradLogits = "grad_logits";
+  static constexpr const char* kGradMix = "grad_mix_logits";
+
+  // The forward's gradients (in the accumulation dtype), removed from ctx so that nothing else
+  // holds them, scaled by grad_loss — a scalar, or one value per sample for reduction='none' —
+  // in place, or into the logits' dtype where that is narrower (one rounding).
+  static std::tuple<Tensor, Tensor> take_forward_grads(AutogradContext* ctx, const Tensor& grad_loss,
+                                                       at::ScalarType dtype) {
+    Tensor grad_logits = ctx->saved_data[kGradLogits].toTensor();
+    Tensor grad_mix = ctx->saved_data[kGradMix].toTensor();
+    ctx->saved_data.erase(kGradLogits);
+    ctx->saved_data.erase(kGradMix);
+    const int64_t batch = grad_logits.size(0);
+    const Tensor per_raw_row = grad_loss.dim() == 0 ? grad_loss : grad_loss.unsqueeze(1);
+    const Tensor per_mix_row = grad_loss.dim() == 0 ? grad_loss : grad_loss.view({1, batch, 1});
+    const auto scale = [&](const Tensor& grad, const Tensor& factor, at::IntArrayRef view) {
+      if (grad.scalar_type() == dtype) return grad.view(view).mul_(factor).view(grad.sizes());
+      Tensor out = at::empty(grad.sizes(), grad.options().dtype(dtype));
+      Tensor out_view = out.view(view);
+      at::mul_out(out_view, grad.view(view), factor);
+      return out;
+    };
+    return {scale(grad_logits, per_raw_row, grad_logits.sizes()),
+            scale(grad_mix, per_mix_row, {-1, batch, grad_mix.size(1)})};
   }
 };
 
@@ -123,8 +182,10 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
 LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
                           std::string_view mode, std::string_view score, double ce_weight, double alpha,
                           double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction) {
+  const bool grad_in_forward = logits.device().is_cpu() && at::GradMode::is_enabled() &&
+                               (logits.requires_grad() || mix_logits.requires_grad());
   const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha,
-                                                margin, ignore_index, label_smoothing, reduction);
+                                                margin, ignore_index, label_smoothing, reduction, grad_in_forward);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 

@@ -47,6 +47,15 @@ TORCH_LIBRARY(rankmixup, m) {
       "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
       "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+  // The loss op's outputs and the gradients of the loss w.r.t. logits and mix_logits for
+  // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits: what autograd calls on devices whose
+  // kernels are bound by arithmetic rather than memory (the CPU), its backward then only scaling
+  // them. Not differentiable itself.
+  m.def(
+      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, "
+      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
+      "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
+      "Tensor grad_mix_logits)");
   // Gradient of loss w.r.t. logits and mix_logits, scaled by grad_loss (scalar, or (B,) for
   // reduction='none').
   m.def(

@@ -11,10 +11,14 @@ Operators (schemas in csrc/ops.cpp):
 - ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index)
   -> (grad_logits, grad_mix_logits)``: one more read of every row, one write of its gradient.
 
-Why not write the gradient in the forward (as Liger-Kernel does)? Autograd then needs a second
-pass to scale it by ``grad_output`` (scaling the saved buffer in place breaks AOTAutograd), so
-that design moves more bytes (read, write, read, write) than this one (read; read, write), and
-keeps two logits-sized buffers alive between forward and backward.
+- ``loss_with_grad(...same arguments as loss...) -> (the loss op's five outputs, grad_logits,
+  grad_mix_logits)``: the gradients for ``grad_output = 1``, in the accumulation dtype, written
+  from the forward's own exps.
+  CPU only: autograd calls it there when a gradient will be wanted, and its backward scales them
+  in place. The CPU is bound by the exp (one per logit this way, two with a separate backward);
+  a GPU is bound by memory, where writing the gradient in the forward and scaling it later moves
+  more bytes (read, write, read, write) than loss + loss_backward (read; read, write), so CUDA
+  keeps the two ops. The price on the CPU: two logits-sized buffers live from forward to backward.
 - ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
   (a CPU kernel; an ATen composite on other devices, and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
@@ -45,6 +49,15 @@ def _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, 
     values = [logits.new_empty((batch,) if reduction == "none" else (), dtype=acc) for _ in range(3)]
     rows = (rel.shape[0] + 1, batch)
     return (*values, logits.new_empty((*rows, ROW_COEFS), dtype=acc), logits.new_empty(rows, dtype=torch.int64))
+
+
+@torch.library.register_fake("rankmixup::loss_with_grad")
+def _loss_with_grad_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                         label_smoothing, reduction):
+    outputs = _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                         label_smoothing, reduction)
+    acc = accumulation_dtype(logits.dtype)
+    return (*outputs, logits.new_empty(logits.shape, dtype=acc), mix_logits.new_empty(mix_logits.shape, dtype=acc))
 
 
 @torch.library.register_fake("rankmixup::loss_backward")

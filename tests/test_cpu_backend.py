@@ -139,6 +139,45 @@ def test_retain_graph_backward_twice():
     torch.testing.assert_close(raw.grad, 4 * first)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_retain_graph_second_backward_recomputes(reduction, dtype):
+    """The first backward scales the gradient the forward wrote; a second one (retain_graph)
+    recomputes it with the loss_backward op: both must give the same gradient."""
+    logits, mix_logits, targets, rel = problem(8, 3, 21, dtype=dtype, seed=8)
+    raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
+    loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
+    weight = torch.rand(loss.shape, generator=gen(8)) + 0.5
+    loss.backward(weight, retain_graph=True)
+    first = raw.grad.clone(), mix.grad.clone()
+    raw.grad = mix.grad = None
+    loss.backward(weight)
+    tolerance = {} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close((raw.grad, mix.grad), first, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("classes", [1, 10, 33, 1000])
+def test_loss_with_grad_equals_loss_then_backward(classes, dtype):
+    """The CPU forward's gradients (autograd's path) against the loss_backward op's, both at
+    grad_output = 1 and in float32 accumulation; non-contiguous logits and NaN rows included."""
+    logits, mix_logits, targets, rel = problem(6, 3, classes, dtype=dtype, ignore="none", seed=17)
+    logits = strided(logits, "transposed")
+    mix_logits[4, 0] = float("nan")  # a poisoned mix row: its gradient is NaN on both paths
+    args = (logits, mix_logits, targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    *outputs, grad_logits, grad_mix = torch.ops.rankmixup.loss_with_grad(*args)
+    expected = torch.ops.rankmixup.loss(*args)
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want, equal_nan=True)
+    acc = reference.accumulation_dtype(dtype)
+    assert grad_logits.dtype == grad_mix.dtype == acc and grad_logits.is_contiguous()
+    backward = torch.ops.rankmixup.loss_backward(torch.ones((), dtype=acc), logits.to(acc), mix_logits.to(acc),
+                                                  targets, expected[3], expected[4], -100)
+    torch.testing.assert_close((grad_logits, grad_mix), backward, rtol=1e-5, atol=1e-6, equal_nan=True)
+    others = [0, 1, 2, 3, 5]  # the samples whose lists hold no NaN
+    assert grad_mix[4].isnan().all() and torch.isfinite(grad_logits[others]).all()
+
+
 def test_bad_targets_raise():
     logits, mix_logits, targets, rel = problem(4, 1, 5, ignore="none", seed=9)
     targets[0] = 5
@@ -204,6 +243,11 @@ def test_relevance_matches_reference(per_sample):
 @pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
 def test_opcheck_loss(reduction, requires_grad):
     torch.library.opcheck(torch.ops.rankmixup.loss.default, loss_args(reduction, requires_grad=requires_grad))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_loss_with_grad(reduction):
+    torch.library.opcheck(torch.ops.rankmixup.loss_with_grad.default, loss_args(reduction, requires_grad=False))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -1,14 +1,17 @@
 // Fused RankMixup loss on the CPU: one task per sample over its K+1 rows, parallel over
 // samples, vectorised over classes. The forward reads each row once and keeps, per row, the
-// few numbers its gradient needs; the backward reads each row once more and writes its gradient.
+// few numbers its gradient needs. Autograd calls loss_with_grad, which also writes each row's
+// gradient from the exps of that same read (the CPU is bound by the exp, one per logit, not by
+// memory); the backward op, which reads each row once more, serves calls that need it.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -46,10 +49,21 @@ int64_t count_valid(const Tensor& targets, int64_t num_classes, int64_t ignore_i
   return valid;
 }
 
+// Where the forward writes the gradient rows (grad_output = 1), when it is asked to: the
+// (B, C) and (K*B, C) contiguous gradients of logits and mix_logits, in the accumulation type
+// (the backward's scaling then rounds a narrower dtype once, not twice).
+template <class acc_t>
+struct GradOut {
+  acc_t* raw = nullptr;
+  acc_t* mix = nullptr;
+  bool wanted() const { return raw != nullptr; }
+};
+
 template <class scalar_t>
 void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
                  const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index,
-                 PerSample<at::opmath_type<scalar_t>>& out, Tensor& coefs, Tensor& argmaxes) {
+                 PerSample<at::opmath_type<scalar_t>>& out, Tensor& coefs, Tensor& argmaxes,
+                 GradOut<at::opmath_type<scalar_t>> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
@@ -65,21 +79,27 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
     std::vector<acc_t> scratch(raw_rows.needs_scratch() || mix_rows.needs_scratch() ? num_classes : 0);
     std::vector<RowStats<acc_t>> stats(num_mix + 1);
     std::vector<RowGrad<acc_t>> grads(num_mix + 1);
+    // List entry r of sample b: its gradient row, which first holds its exps (null: no gradient).
+    const auto grad_row = [&](int64_t b, int64_t r) -> acc_t* {
+      if (!grad.wanted()) return nullptr;
+      return r == 0 ? grad.raw + b * num_classes : grad.mix + ((r - 1) * batch + b) * num_classes;
+    };
     for (int64_t b = begin; b < end; ++b) {
       const int64_t target = y[b * targets.stride(0)];
       if (target == ignore_index) {  // its logits are never read; its gradient is exactly 0
         for (int64_t r = 0; r <= num_mix; ++r) {
           pack_row(RowGrad<acc_t>{}, acc_t(0), coef + (r * batch + b) * kRowCoefs);
           argmax[r * batch + b] = 0;
+          if (grad.wanted()) std::fill_n(grad_row(b, r), num_classes, acc_t(0));
         }
         continue;
       }
       const acc_t* z = raw_rows.row(b, scratch.data());
-      const RowScan<acc_t> raw = scan_row(z, num_classes);
+      const RowScan<acc_t> raw = scan_row(z, num_classes, grad_row(b, 0));
       const acc_t z_target = z[target];
       stats[0] = raw.stats;
       for (int64_t k = 0; k < num_mix; ++k) {
-        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes).stats;
+        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k)).stats;
       }
       const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
                                                  rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
@@ -88,17 +108,18 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
       for (int64_t r = 0; r <= num_mix; ++r) {
         pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
         argmax[r * batch + b] = stats[r].argmax;
+        if (acc_t* row = grad_row(b, r)) finish_grad_row(row, num_classes, stats[r], grads[r], row);
       }
     }
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
-                                                            const Tensor& targets, const Tensor& rel,
-                                                            std::string_view mode, std::string_view score,
-                                                            double ce_weight, double alpha, double margin,
-                                                            int64_t ignore_index, double label_smoothing,
-                                                            std::string_view reduction) {
+// The loss op, and with `with_grad` also the gradients of logits and mix_logits for
+// grad_output = 1 (see loss_with_grad in ops.cpp).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
+    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
+    double label_smoothing, std::string_view reduction, bool with_grad) {
   check_loss_args(logits, mix_logits, targets, rel);
   const LossOptions opts = parse_loss_options(mode, score, reduction);
   const int64_t batch = logits.size(0);
@@ -112,7 +133,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits
   const auto acc_options = logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
   Tensor argmaxes = at::empty({num_mix + 1, batch}, logits.options().dtype(at::kLong));
-  Tensor loss, ce, rank;
+  Tensor grad_logits, grad_mix;
+  if (with_grad) {
+    const auto grad_options = acc_options.memory_format(at::MemoryFormat::Contiguous);
+    grad_logits = at::empty(logits.sizes(), grad_options);
+    grad_mix = at::empty(mix_logits.sizes(), grad_options);
+  }
+  const bool per_sample = opts.reduction == Reduction::kNone;
+  Tensor loss = at::empty(per_sample ? at::IntArrayRef{batch} : at::IntArrayRef{}, acc_options);
+  Tensor ce = at::empty_like(loss);
+  Tensor rank = at::empty_like(loss);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -123,35 +153,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits
                                 num_classes,
                                 static_cast<acc_t>(ce_weight * scale),
                                 static_cast<acc_t>(alpha * scale)};
-    PerSample<acc_t> per_sample(batch);
-    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, ignore_index, per_sample, coefs, argmaxes);
+    PerSample<acc_t> per(batch);
+    GradOut<acc_t> grad;
+    if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
+    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, ignore_index, per, coefs, argmaxes, grad);
 
-    if (opts.reduction == Reduction::kNone) {
-      ce = at::empty({batch}, acc_options);
-      rank = at::empty({batch}, acc_options);
-      loss = at::empty({batch}, acc_options);
-      for (int64_t b = 0; b < batch; ++b) {
-        ce.data_ptr<acc_t>()[b] = per_sample.ce[b];
-        rank.data_ptr<acc_t>()[b] = per_sample.rank[b];
-        loss.data_ptr<acc_t>()[b] =
-            static_cast<acc_t>(ce_weight) * per_sample.ce[b] + static_cast<acc_t>(alpha) * per_sample.rank[b];
-      }
+    acc_t* loss_out = loss.data_ptr<acc_t>();
+    acc_t* ce_out = ce.data_ptr<acc_t>();
+    acc_t* rank_out = rank.data_ptr<acc_t>();
+    const auto total = [&](acc_t ce_part, acc_t rank_part) {
+      return static_cast<acc_t>(ce_weight) * ce_part + static_cast<acc_t>(alpha) * rank_part;
+    };
+    if (per_sample) {
+      std::copy(per.ce.begin(), per.ce.end(), ce_out);
+      std::copy(per.rank.begin(), per.rank.end(), rank_out);
+      for (int64_t b = 0; b < batch; ++b) loss_out[b] = total(per.ce[b], per.rank[b]);
     } else {
       // Summed in double in sample order: deterministic, and no less exact than torch.sum.
       double ce_sum = 0, rank_sum = 0;
       for (int64_t b = 0; b < batch; ++b) {
-        ce_sum += per_sample.ce[b];
-        rank_sum += per_sample.rank[b];
+        ce_sum += per.ce[b];
+        rank_sum += per.rank[b];
       }
-      const acc_t ce_part = static_cast<acc_t>(ce_sum * scale);
-      const acc_t rank_part = static_cast<acc_t>(rank_sum * scale);
-      ce = at::empty({}, acc_options).fill_(ce_part);
-      rank = at::empty({}, acc_options).fill_(rank_part);
-      loss = at::empty({}, acc_options)
-                 .fill_(static_cast<acc_t>(ce_weight) * ce_part + static_cast<acc_t>(alpha) * rank_part);
+      *ce_out = static_cast<acc_t>(ce_sum * scale);
+      *rank_out = static_cast<acc_t>(rank_sum * scale);
+      *loss_out = total(*ce_out, *rank_out);
     }
   });
+  return {loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
+                                                            const Tensor& targets, const Tensor& rel,
+                                                            std::string_view mode, std::string_view score,
+                                                            double ce_weight, double alpha, double margin,
+                                                            int64_t ignore_index, double label_smoothing,
+                                                            std::string_view reduction) {
+  auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
+      loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                   label_smoothing, reduction, /*with_grad=*/false);
   return {loss, ce, rank, coefs, argmaxes};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
+    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
+    double label_smoothing, std::string_view reduction) {
+  return loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                      label_smoothing, reduction, /*with_grad=*/true);
 }
 
 // Backward: re-reads each valid row once and writes grad_output * RowGrad(softmax) — the
@@ -217,6 +266,7 @@ std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tens
 
 TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
   m.impl("loss", &loss_cpu);
+  m.impl("loss_with_grad", &loss_with_grad_cpu);
   m.impl("loss_backward", &loss_backward_cpu);
 }
 

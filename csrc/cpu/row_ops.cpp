@@ -7,8 +7,12 @@
 // headers: the C++ test of the math links this file alone.
 #include "row_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+
+#include "exp_pack.h"
 
 namespace rankmixup::cpu {
 
@@ -23,48 +27,9 @@ namespace {
 // The bodies, inlined into each ISA's clone (a function is compiled for the ISA of its caller
 // when inlined, so these must never be called out of line).
 
-// scan_row for rows of at most kShortRow columns (CIFAR-10 has 10 classes): loaded once into
-// a block padded with -inf, every loop has a constant trip count and compiles to a few vector
-// instructions, where the general loops would run their scalar epilogues over the whole row.
-constexpr int kShortRow = 16;
-
-template <class T>
-[[gnu::always_inline]] inline RowScan<T> scan_short_row(const T* z, int n) {
-  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
-  T v[kShortRow];
-#pragma omp simd
-  for (int l = 0; l < kShortRow; ++l) v[l] = l < n ? z[l] : kMinusInf;
-  T max = kMinusInf, sum = T(0);
-#pragma omp simd reduction(max : max) reduction(+ : sum)
-  for (int l = 0; l < kShortRow; ++l) {
-    max = v[l] > max ? v[l] : max;
-    sum += l < n ? v[l] : T(0);
-  }
-  RowScan<T> out;
-  out.sum = sum;
-  if (!std::isfinite(sum)) {
-    out.stats.poison();
-    return out;
-  }
-  // Separate loops, `&` for `&&` (a short circuit is control flow): each stays one vector
-  // step. The padding never equals the (finite) max.
-  int32_t argmax = kShortRow;
-#pragma omp simd reduction(min : argmax)
-  for (int l = 0; l < kShortRow; ++l) argmax = (v[l] == max) & (l < argmax) ? l : argmax;
-  T e[kShortRow];
-#pragma omp simd
-  for (int l = 0; l < kShortRow; ++l) e[l] = l < n ? exp_nonpositive(v[l] - max) : T(0);
-  T sumexp = T(0);
-  for (int l = 0; l < kShortRow; ++l) sumexp += e[l];
-  out.stats.max = max;
-  out.stats.argmax = argmax;
-  out.stats.sumexp = sumexp;
-  return out;
-}
-
-template <class T>
-[[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n) {
-  if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n));
+// Rows longer than kShortRow.
+template <class T, bool kStoreExps>
+[[gnu::always_inline]] inline RowScan<T> scan_long_row(const T* z, int64_t n, T* exps) {
   T max = z[0];
   T sum = T(0);
 #pragma omp simd reduction(max : max) reduction(+ : sum)
@@ -87,7 +52,9 @@ template <class T>
 #pragma omp simd reduction(min : argmax) reduction(+ : sumexp)
   for (int32_t c = 0; c < n32; ++c) {
     argmax = z[c] == max && c < argmax ? c : argmax;
-    sumexp += exp_nonpositive(z[c] - max);
+    const T e = exp_nonpositive(z[c] - max);
+    sumexp += e;
+    if constexpr (kStoreExps) exps[c] = e;
   }
   out.stats.max = max;
   out.stats.argmax = argmax;
@@ -95,29 +62,134 @@ template <class T>
   return out;
 }
 
+// Rows of at most kShortRow columns (CIFAR-10 has 10 classes) fit one pack of 16 floats in
+// GCC/Clang's vector extension (one AVX-512 register, two AVX2 or four SSE2 ones): loaded once
+// with -inf padding, reduced across lanes by shuffles. The general loops would spend more on
+// their remainder handling than on the row.
+constexpr int kShortRow = 16;
+constexpr IntPack kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Every lane of the result holds op over all 16 lanes of v (in a fixed, data-independent order).
+template <class Pack, class Op>
+[[gnu::always_inline]] inline Pack all_lanes(Pack v, Op op) {
+  v = op(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  return op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+}
+
+[[gnu::always_inline]] inline RowScan<float> scan_short_row(const float* z, int n, float* exps) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  float lanes[kShortRow];
+#pragma omp simd
+  for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? z[l] : kMinusInf;  // a masked load
+  FloatPack x;
+  __builtin_memcpy(&x, lanes, sizeof x);
+  const IntPack in_row = kLane < n;
+  const auto add = [](auto a, auto b) { return a + b; };
+  const auto max = [](auto a, auto b) { return a > b ? a : b; };
+  const auto min = [](auto a, auto b) { return a < b ? a : b; };
+
+  RowScan<float> out;
+  out.sum = all_lanes(in_row ? x : FloatPack{}, add)[0];
+  if (!std::isfinite(out.sum)) {  // a NaN or an infinity somewhere in the row
+    out.stats.poison();
+    return out;
+  }
+  const FloatPack row_max = all_lanes(x, max);  // the padding never equals the finite max
+  // exp(-inf - max) is clamped, never NaN: computed for the padding too, then masked out.
+  const FloatPack e = in_row ? exp_nonpositive(x - row_max) : FloatPack{};
+  out.stats.max = row_max[0];
+  out.stats.argmax = all_lanes(x == row_max ? kLane : IntPack{} + kShortRow, min)[0];
+  out.stats.sumexp = all_lanes(e, add)[0];
+  if (exps) {
+#pragma omp simd
+    for (int l = 0; l < kShortRow; ++l) {
+      if (l < n) exps[l] = e[l];  // a masked store
+    }
+  }
+  return out;
+}
+
+// float64 rows are not packed (the library exp does not vectorise): the general loops.
+[[gnu::always_inline]] inline RowScan<double> scan_short_row(const double* z, int n, double* exps) {
+  return exps ? scan_long_row<double, true>(z, n, exps) : scan_long_row<double, false>(z, n, exps);
+}
+
 template <class T>
-[[gnu::always_inline]] inline void write_grad_row_body(const T* z, int64_t n, T lse, const RowGrad<T>& g, T* out) {
-  const T scale_p = g.scale_p;
+[[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n, T* exps) {
+  if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n), exps);
+  return exps ? scan_long_row<T, true>(z, n, exps) : scan_long_row<T, false>(z, n, exps);
+}
+
+// out[c] = scale * f(in[c]) + constant + g's terms at the argmax and the target, over a row;
+// f maps a value, or a pack of them.
+template <class T, class F>
+[[gnu::always_inline]] inline void grad_row(const T* in, int64_t n, T scale, const RowGrad<T>& g, T* out, F f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n <= kShortRow) {  // one pack, as in scan_short_row, the point terms added in it too
+      float lanes[kShortRow];
+#pragma omp simd
+      for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? in[l] : -std::numeric_limits<float>::infinity();
+      FloatPack x;
+      __builtin_memcpy(&x, lanes, sizeof x);
+      const FloatPack zero{};
+      const FloatPack y = scale * f(x) + g.constant + (kLane == static_cast<int32_t>(g.argmax) ? g.at_max : zero) +
+                          (kLane == static_cast<int32_t>(g.target) ? g.at_target : zero);
+#pragma omp simd
+      for (int l = 0; l < kShortRow; ++l) {
+        if (l < n) out[l] = y[l];
+      }
+      return;
+    }
+  }
   const T constant = g.constant;
 #pragma omp simd
-  for (int64_t c = 0; c < n; ++c) out[c] = scale_p * exp_nonpositive(z[c] - lse) + constant;
+  for (int64_t c = 0; c < n; ++c) out[c] = scale * f(in[c]) + constant;
   out[g.argmax] += g.at_max;
   if (g.target >= 0) out[g.target] += g.at_target;
 }
 
+template <class T>
+[[gnu::always_inline]] inline void write_grad_row_body(const T* z, int64_t n, T lse, const RowGrad<T>& g, T* out) {
+  grad_row(z, n, g.scale_p, g, out, [lse](auto x) { return exp_nonpositive(x - lse); });
+}
+
+template <class T>
+[[gnu::always_inline]] inline void finish_grad_row_body(const T* exps, int64_t n, const RowStats<T>& stats,
+                                                        const RowGrad<T>& g, T* out) {
+  if (std::isnan(stats.max)) {  // poisoned: exps were never written
+    std::fill_n(out, n, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
+  grad_row(exps, n, g.scale_p / stats.sumexp, g, out, [](auto e) { return e; });  // softmax = exps / sumexp
+}
+
 }  // namespace
 
-RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n) { return scan_row_body(z, n); }
+RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* exps) {
+  return scan_row_body(z, n, exps);
+}
 
 RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out) {
   write_grad_row_body(z, n, lse, g, out);
 }
 
+RANKMIXUP_ISA_CLONES void finish_grad_row(const float* exps, int64_t n, const RowStats<float>& stats,
+                                          const RowGrad<float>& g, float* out) {
+  finish_grad_row_body(exps, n, stats, g, out);
+}
+
 // float64 uses the library exp, which does not vectorise: one version is all it needs.
-RowScan<double> scan_row(const double* z, int64_t n) { return scan_row_body(z, n); }
+RowScan<double> scan_row(const double* z, int64_t n, double* exps) { return scan_row_body(z, n, exps); }
 
 void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out) {
   write_grad_row_body(z, n, lse, g, out);
+}
+
+void finish_grad_row(const double* exps, int64_t n, const RowStats<double>& stats, const RowGrad<double>& g,
+                     double* out) {
+  finish_grad_row_body(exps, n, stats, g, out);
 }
 
 }  // namespace rankmixup::cpu

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu/exp_pack.h"
 #include "cpu/row_ops.h"
 #include "rankmixup/row_stats.h"
 #include "rankmixup/sample_loss.h"
@@ -65,8 +66,13 @@ void test_vector_exp() {
   expect_near(scan.sum, 5.5, 1e-7, "scan_row sum");
   z[2] = NAN;
   expect_near(std::isnan(cpu::scan_row(z.data(), 5).stats.lse()), 1, 0, "non-finite row poisons lse");
+  // The pack exp is the scalar one, lane by lane.
+  cpu::FloatPack xs;
+  for (int l = 0; l < 16; ++l) xs[l] = -0.37f * static_cast<float>(l * l);
+  const cpu::FloatPack es = cpu::exp_nonpositive(xs);
+  for (int l = 0; l < 16; ++l) expect_near(es[l], cpu::exp_nonpositive(xs[l]), 0, "pack exp lane");
   // Both of scan_row's paths (rows of up to 16 columns, and longer ones), with the max tied.
-  for (int n : {16, 17, 40}) {
+  for (int n : {2, 10, 16, 17, 40, 100}) {
     std::vector<float> row(n);
     std::vector<double> exact(n);
     for (int c = 0; c < n; ++c) exact[c] = row[c] = std::sin(0.7f * static_cast<float>(c));
@@ -76,6 +82,20 @@ void test_vector_exp() {
     const RowStats<double> d = direct_stats(exact);
     expect_near(static_cast<double>(s.stats.argmax), n - 2, 0, "scan_row argmax, tied");
     expect_near(s.stats.sumexp, d.sumexp, 1e-6, "scan_row sumexp");
+    // The gradient from the stored exps (the forward's) equals the recomputed one (the backward's).
+    std::vector<float> exps(n), from_exps(n), recomputed(n);
+    const cpu::RowScan<float> stored = cpu::scan_row(row.data(), n, exps.data());
+    expect_near(stored.stats.sumexp, s.stats.sumexp, 0, "scan_row sumexp with exps");
+    RowGrad<float> g;
+    g.scale_p = 0.7f;
+    g.constant = -0.01f;
+    g.at_max = 0.25f;
+    g.at_target = -0.5f;
+    g.argmax = stored.stats.argmax;
+    g.target = n / 3;
+    cpu::finish_grad_row(exps.data(), n, stored.stats, g, from_exps.data());
+    cpu::write_grad_row(row.data(), n, stored.stats.lse(), g, recomputed.data());
+    for (int c = 0; c < n; ++c) expect_near(from_exps[c], recomputed[c], 1e-6, "finish_grad_row vs write_grad_row");
   }
 }
 
