@@ -146,13 +146,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> discounts(num_mix + 2);
+    for (int64_t position = 1; position <= num_mix + 1; ++position) discounts[position] = discount<acc_t>(position);
     const LossConfig<acc_t> cfg{opts.mode,
                                 opts.score,
                                 static_cast<acc_t>(margin),
                                 static_cast<acc_t>(label_smoothing),
                                 num_classes,
                                 static_cast<acc_t>(ce_weight * scale),
-                                static_cast<acc_t>(alpha * scale)};
+                                static_cast<acc_t>(alpha * scale),
+                                discounts.data()};
     PerSample<acc_t> per(batch);
     GradOut<acc_t> grad;
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};

@@ -27,6 +27,9 @@ struct LossConfig {
   int64_t num_classes;
   T weight_ce;    // d total / d ce_b: ce_weight times the reduction scale
   T weight_rank;  // d total / d rank_b: alpha times the reduction scale
+  // Optional: discounts[p] = discount of list position p (1..K+1), computed once per call
+  // rather than twice per mix and sample (a log2 each); null: computed where needed.
+  const T* discounts = nullptr;
 };
 
 template <class T>
@@ -70,6 +73,11 @@ RANKMIXUP_HD T score_of(Score score, const RowStats<T>& s) {
 template <class T>
 RANKMIXUP_HD T discount(int64_t position) {
   return T(1) / log2_(T(position + 1));
+}
+
+template <class T>
+RANKMIXUP_HD T discount(const LossConfig<T>& cfg, int64_t position) {
+  return cfg.discounts ? cfg.discounts[position] : discount<T>(position);
 }
 
 // Position (2..K+1) of mix k in the M-NDCG list: after the raw sample, mixes sorted by
@@ -126,11 +134,11 @@ RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<
     if (grads) grads[0].add_score(cfg.score, raw, g_raw);
   } else {
     // M-NDCG over [raw, mixes by relevance]: D = sum gain_p d_p, I = sum rel_p d_p.
-    const T d1 = discount<T>(1);
+    const T d1 = discount(cfg, 1);
     T dcg = raw.confidence() * d1;
     T idcg = d1;
     for (int64_t k = 0; k < num_mix; ++k) {
-      const T d = discount<T>(mndcg_position(rel, rel_stride, num_mix, k));
+      const T d = discount(cfg, mndcg_position(rel, rel_stride, num_mix, k));
       dcg += mix[k].confidence() * d;
       idcg += T(rel[k * rel_stride]) * d;
     }
@@ -141,7 +149,7 @@ RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<
       const T per_discount = below ? -T(1) / idcg : idcg / (dcg * dcg);
       grads[0].add_score(Score::kProb, raw, cfg.weight_rank * per_discount * d1);
       for (int64_t k = 0; k < num_mix; ++k) {
-        const T d = discount<T>(mndcg_position(rel, rel_stride, num_mix, k));
+        const T d = discount(cfg, mndcg_position(rel, rel_stride, num_mix, k));
         grads[1 + k].add_score(Score::kProb, mix[k], cfg.weight_rank * per_discount * d);
       }
     }
