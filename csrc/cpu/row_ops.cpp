@@ -1,6 +1,7 @@
 // The CPU kernels' row loops, written so the compiler vectorises them: no branches in the
-// bodies, reductions declared to OpenMP SIMD. They are nearly all of the loss's time at large C
-// (an exp per logit in each direction), so on x86-64 with GCC the float versions are compiled
+// bodies, reductions declared to OpenMP SIMD, and rows of up to 16 floats held in one explicit
+// pack. They are nearly all of the loss's time at large C (an exp per logit), so on x86-64 with
+// GCC the float versions are compiled
 // three times — AVX-512, AVX2+FMA and the baseline SSE2 — and the loader picks the best the CPU
 // has (function multiversioning, resolved once through an ifunc). The build itself keeps
 // targeting baseline x86-64, so the library runs on any x86-64 CPU. Torch-free, like the math
@@ -78,13 +79,25 @@ template <class Pack, class Op>
   return op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
 }
 
-[[gnu::always_inline]] inline RowScan<float> scan_short_row(const float* z, int n, float* exps) {
-  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+// The row in[0..n), n <= kShortRow, padded with -inf (no max; an exp that underflows).
+[[gnu::always_inline]] inline FloatPack load_short_row(const float* in, int n) {
   float lanes[kShortRow];
 #pragma omp simd
-  for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? z[l] : kMinusInf;  // a masked load
+  for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? in[l] : -std::numeric_limits<float>::infinity();
   FloatPack x;
   __builtin_memcpy(&x, lanes, sizeof x);
+  return x;
+}
+
+[[gnu::always_inline]] inline void store_short_row(FloatPack v, int n, float* out) {
+#pragma omp simd
+  for (int l = 0; l < kShortRow; ++l) {
+    if (l < n) out[l] = v[l];  // a masked store
+  }
+}
+
+[[gnu::always_inline]] inline RowScan<float> scan_short_row(const float* z, int n, float* exps) {
+  const FloatPack x = load_short_row(z, n);
   const IntPack in_row = kLane < n;
   const auto add = [](auto a, auto b) { return a + b; };
   const auto max = [](auto a, auto b) { return a > b ? a : b; };
@@ -102,23 +115,16 @@ template <class Pack, class Op>
   out.stats.max = row_max[0];
   out.stats.argmax = all_lanes(x == row_max ? kLane : IntPack{} + kShortRow, min)[0];
   out.stats.sumexp = all_lanes(e, add)[0];
-  if (exps) {
-#pragma omp simd
-    for (int l = 0; l < kShortRow; ++l) {
-      if (l < n) exps[l] = e[l];  // a masked store
-    }
-  }
+  if (exps) store_short_row(e, n, exps);
   return out;
-}
-
-// float64 rows are not packed (the library exp does not vectorise): the general loops.
-[[gnu::always_inline]] inline RowScan<double> scan_short_row(const double* z, int n, double* exps) {
-  return exps ? scan_long_row<double, true>(z, n, exps) : scan_long_row<double, false>(z, n, exps);
 }
 
 template <class T>
 [[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n, T* exps) {
-  if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n), exps);
+  // float64 rows are not packed (the library exp does not vectorise): the general loops.
+  if constexpr (std::is_same_v<T, float>) {
+    if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n), exps);
+  }
   return exps ? scan_long_row<T, true>(z, n, exps) : scan_long_row<T, false>(z, n, exps);
 }
 
@@ -128,18 +134,12 @@ template <class T, class F>
 [[gnu::always_inline]] inline void grad_row(const T* in, int64_t n, T scale, const RowGrad<T>& g, T* out, F f) {
   if constexpr (std::is_same_v<T, float>) {
     if (n <= kShortRow) {  // one pack, as in scan_short_row, the point terms added in it too
-      float lanes[kShortRow];
-#pragma omp simd
-      for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? in[l] : -std::numeric_limits<float>::infinity();
-      FloatPack x;
-      __builtin_memcpy(&x, lanes, sizeof x);
+      const int cols = static_cast<int>(n);
       const FloatPack zero{};
-      const FloatPack y = scale * f(x) + g.constant + (kLane == static_cast<int32_t>(g.argmax) ? g.at_max : zero) +
+      const FloatPack y = scale * f(load_short_row(in, cols)) + g.constant +
+                          (kLane == static_cast<int32_t>(g.argmax) ? g.at_max : zero) +
                           (kLane == static_cast<int32_t>(g.target) ? g.at_target : zero);
-#pragma omp simd
-      for (int l = 0; l < kShortRow; ++l) {
-        if (l < n) out[l] = y[l];
-      }
+      store_short_row(y, cols, out);
       return;
     }
   }
