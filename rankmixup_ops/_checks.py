@@ -135,7 +135,8 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
     lam_shape = lam.shape
     if lam_shape != (num_mix, index_batch) and lam_shape != (num_mix,):
         raise shape_error(fn, "lam", lam, f"({num_mix},) or ({num_mix}, {index_batch}) to match index")
-    same_device(fn, "index", index, lam=lam)
+    if lam.device != index.device:  # tested first: building same_device's keyword dict costs more
+        same_device(fn, "index", index, lam=lam)
     if lam.dtype != torch.float32:
         lam = lam.float()
     if len(lam_shape) == 1:

@@ -234,7 +234,8 @@ def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
         )
     if mix_logits.dtype != logits.dtype:
         raise TypeError(f"{fn}: mix_logits has dtype {mix_logits.dtype} but logits has {logits.dtype}; they must match")
-    if not mix_logits.device == targets.device == lam.device == index.device == device:  # one test when all agree
+    # One chained comparison when all agree (the common case); same_device then names the odd one out.
+    if not mix_logits.device == targets.device == lam.device == index.device == device:
         check.same_device(fn, "logits", logits, mix_logits=mix_logits, targets=targets, lam=lam, index=index)
     if mix_logits.dim() == 3:  # only then: even a no-op reshape puts a view node in the autograd graph
         mix_logits = mix_logits.reshape(flat_shape)
