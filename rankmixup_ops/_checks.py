@@ -6,6 +6,10 @@ range) live in :func:`validate_values` and run only when asked (``validate=True`
 environment variable ``RANKMIXUP_VALIDATE=1``).
 
 Messages name the calling function and the argument: ``"rankmixup_loss: targets must be ..."``.
+
+These checks run on every call of the public functions, where at the paper's shapes the
+kernels take tens of microseconds; so each one makes the common case (an int64 or floating
+tensor, a Python float or int) a single cheap test and builds messages only on failure.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def tensor(fn: str, name: str, value) -> torch.Tensor:
 
 
 def floating(fn: str, name: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor) and value.dtype in FLOAT_DTYPES:
+        return value
     tensor(fn, name, value)
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -47,6 +53,8 @@ def floating(fn: str, name: str, value) -> torch.Tensor:
 
 def integer(fn: str, name: str, value) -> torch.Tensor:
     """An integer tensor (bool excluded), returned as int64."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.int64:
+        return value
     tensor(fn, name, value)
     if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
         raise TypeError(f"{fn}: {name} must be an integer tensor, got {_describe(value)}")
@@ -55,15 +63,21 @@ def integer(fn: str, name: str, value) -> torch.Tensor:
 
 def shape(fn: str, name: str, value: torch.Tensor, expected: str, ok: bool) -> None:
     if not ok:
-        raise ValueError(f"{fn}: {name} must have shape {expected}, got {_describe(value)}")
+        raise shape_error(fn, name, value, expected)
+
+
+def shape_error(fn: str, name: str, value: torch.Tensor, expected: str) -> ValueError:
+    """The error :func:`shape` raises, for callers that format ``expected`` only on failure."""
+    return ValueError(f"{fn}: {name} must have shape {expected}, got {_describe(value)}")
 
 
 def same_device(fn: str, reference_name: str, reference: torch.Tensor, **others) -> None:
+    device = reference.device
     for name, value in others.items():
-        if value.device != reference.device:
+        if value.device != device:
             raise ValueError(
                 f"{fn}: {name} is on {value.device} but {reference_name} is on "
-                f"{reference.device}; all tensors must be on one device"
+                f"{device}; all tensors must be on one device"
             )
 
 
@@ -73,26 +87,28 @@ def choice(fn: str, name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def real(fn: str, name: str, value, *, low: float | None = None, high: float | None = None) -> float:
+def real(fn: str, name: str, value, *, low: float = -math.inf, high: float = math.inf) -> float:
     """A finite Python/NumPy real in ``[low, high]``, returned as float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
-    value = float(value)
+    if type(value) is not float:  # a Python float, the common case, needs no ABC check
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
+        value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{fn}: {name} must be finite, got {value}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise ValueError(f"{fn}: {name} must be in {bounds}, got {value}")
+    if not low <= value <= high:
+        raise ValueError(f"{fn}: {name} must be in [{low}, {high}], got {value}")
     return value
 
 
 def integral(fn: str, name: str, value, *, low: int | None = None) -> int:
     """A Python integer, ``>= low`` when ``low`` is given."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an int, got {_describe(value)}")
+    if type(value) is not int:  # a Python int, the common case, needs no ABC check
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{fn}: {name} must be an int, got {_describe(value)}")
+        value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{fn}: {name} must be >= {low}, got {value}")
-    return int(value)
+    return value
 
 
 def flag(fn: str, name: str, value) -> bool:
@@ -108,30 +124,34 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
     Returns ``(lam, index)`` as float32 ``(K, B)`` and int64 ``(K, B)``.
     """
     index = integer(fn, "index", index)
-    shape(fn, "index", index, "(K, B) with K >= 1 and B >= 1", index.dim() == 2 and index.numel() > 0)
+    if index.dim() != 2 or index.numel() == 0:
+        raise shape_error(fn, "index", index, "(K, B) with K >= 1 and B >= 1")
     num_mix, index_batch = index.shape
-    if batch is not None:
-        shape(fn, "index", index, f"(K, {batch}) to match the batch", index_batch == batch)
+    if batch is not None and index_batch != batch:
+        raise shape_error(fn, "index", index, f"(K, {batch}) to match the batch")
     if not isinstance(lam, torch.Tensor):
-        if isinstance(lam, (bool, str)) or not isinstance(lam, (numbers.Real, Sequence)):
-            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers, got {_describe(lam)}")
-        try:
-            lam = torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers ({error})") from None
+        lam = _lam_tensor(fn, lam, device)
     floating(fn, "lam", lam)
-    shape(
-        fn,
-        "lam",
-        lam,
-        f"({num_mix},) or ({num_mix}, {index_batch}) to match index",
-        lam.shape in ((num_mix,), (num_mix, index_batch)),
-    )
-    same_device(fn, "index", index, lam=lam)
-    lam = lam.to(torch.float32)
-    if lam.dim() == 1:
+    lam_shape = lam.shape
+    if lam_shape != (num_mix, index_batch) and lam_shape != (num_mix,):
+        raise shape_error(fn, "lam", lam, f"({num_mix},) or ({num_mix}, {index_batch}) to match index")
+    if lam.device != index.device:  # tested first: building same_device's keyword dict costs more
+        same_device(fn, "index", index, lam=lam)
+    if lam.dtype != torch.float32:
+        lam = lam.float()
+    if len(lam_shape) == 1:
         lam = lam.unsqueeze(1).expand(num_mix, index_batch)
     return lam, index
+
+
+def _lam_tensor(fn: str, lam, device: torch.device) -> torch.Tensor:
+    """A Python number or sequence of numbers as a 1-D float32 tensor on ``device``."""
+    if isinstance(lam, (bool, str)) or not isinstance(lam, (numbers.Real, Sequence)):
+        raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers, got {_describe(lam)}")
+    try:
+        return torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers ({error})") from None
 
 
 def validation_requested(validate: bool) -> bool:

@@ -116,30 +116,41 @@ def _warn_fallback(device_type: str) -> None:
         f"rankmixup_ops: no compiled backend for {device_type} tensors, using the pure-PyTorch "
         f"reference ({reasons or 'none exists for this device'}). See available_backends().",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
 def resolve(fn: str, backend: str, device: torch.device):
     """The backend object that will run a call on ``device``; raises ValueError for unknown
     names and BackendUnavailable for a named backend that cannot run here."""
-    return _LOADED[_choose(fn, backend, device.type, device.index)]
+    return _LOADED[_choose(fn, backend, device)]
+
+
+# The name each (backend, device) resolved to. Loaded backends never change, so neither does
+# the choice; remembering it spares every call the search.
+_CHOSEN: dict[tuple[str, torch.device], str] = {}
 
 
 # Choosing imports modules and may warn, which torch.compile cannot trace; its answer depends
 # only on these constant arguments, so under torch.compile it runs once, at trace time.
 @torch.compiler.assume_constant_result
-def _choose(fn: str, backend: str, device_type: str, device_index: int | None) -> str:
-    device = torch.device(device_type, device_index)
+def _choose(fn: str, backend: str, device: torch.device) -> str:
+    if backend != "auto" and backend not in BACKENDS:  # before the lookup: backend may be unhashable
+        raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    key = (backend, device)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _pick(fn, backend, device)
+    return _CHOSEN[key]
+
+
+def _pick(fn: str, backend: str, device: torch.device) -> str:
     if backend == "auto":
-        for name in _AUTO_ORDER.get(device_type, ()):
+        for name in _AUTO_ORDER.get(device.type, ()):
             loaded = _load(name)
             if not isinstance(loaded, BackendUnavailable) and loaded.unsupported(device) is None:
                 return name
-        _warn_fallback(device_type)
+        _warn_fallback(device.type)
         return _load("reference").name
-    if backend not in BACKENDS:
-        raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     loaded = _load(backend)
     if isinstance(loaded, BackendUnavailable):
         raise BackendUnavailable(f"{fn}: backend {backend!r} is not available: {loaded}")

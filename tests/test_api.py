@@ -80,6 +80,20 @@ def test_unavailable_backend_says_why():
         rmx.rankmixup_loss(*_problem(), backend=missing[0])
 
 
+def test_backend_choice_is_remembered_but_refusals_are_not():
+    """A backend that cannot run CPU tensors is refused on every call, not only the first, and
+    refusing it leaves the choice for a good name intact."""
+    problem = _problem()
+    for _ in range(2):
+        with pytest.raises((ValueError, rmx.BackendUnavailable), match="backend 'cuda'"):
+            rmx.rankmixup_loss(*problem, backend="cuda")
+        with pytest.raises(ValueError, match="backend must be"):
+            rmx.rankmixup_loss(*problem, backend=["cpu"])  # unhashable: rejected before any lookup
+    torch.testing.assert_close(
+        rmx.rankmixup_loss(*problem, backend="reference").loss, rmx.rankmixup_loss(*problem).loss
+    )
+
+
 def test_loss_module_matches_function_and_checks_at_construction():
     criterion = rmx.RankMixupLoss(mode="mrl", alpha=0.2, margin=1.0, score="prob")
     problem = _problem()

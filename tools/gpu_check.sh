@@ -16,7 +16,8 @@
 # Leaves in $OUT (few files, so that a remote runner can bring them all back):
 #   summary.txt          each stage's status and seconds, then the benchmark's headline table
 #   gpu-check.log        the output of every stage, in order
-#   junit-gpu.xml        pytest -m gpu tests
+#   junit-gpu.xml        pytest -m gpu tests (all but the slow ones)
+#   junit-gpu-large.xml  the slow GPU tests: tensors past 2^32 elements (tests/test_large_sizes.py)
 #   junit-backends.xml   the Triton and CUDA backend test files, in full
 #   bench/               the benchmark JSON and its two plots
 #   sanitizer.tar.gz     whatever the sanitizer script wrote, when it wrote anything
@@ -95,7 +96,12 @@ for name, status in rankmixup_ops.available_backends().items():
 print('build_info', _extension.build_info())
 EOF"
 
-stage tests-gpu 120 "$PYTHON" -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/junit-gpu.xml"
+stage tests-gpu 120 "$PYTHON" -m pytest -m "gpu and not slow" tests -q -p no:cacheprovider \
+    --junitxml="$OUT/junit-gpu.xml"
+
+# Their own stage and cap: they allocate tens of GB of GPU memory and would crowd the one above.
+stage tests-gpu-large 90 "$PYTHON" -m pytest -m "gpu and slow" tests -q -p no:cacheprovider \
+    --junitxml="$OUT/junit-gpu-large.xml"
 
 shopt -s nullglob
 BACKEND_TESTS=(tests/test_triton_backend.py tests/test_cuda*.py)
