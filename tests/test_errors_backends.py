@@ -221,22 +221,13 @@ def _poisoned_run(backend, row, value, mode, score, label_smoothing=0.0):
     return (out.loss.detach(), *torch.autograd.grad(out.loss.sum(), (logits, mix_logits)))
 
 
-def _nan_dropped(backend, row, value, mode, score):
-    """The Triton kernel's online row maximum skips NaN, so MRL's logit score of a mix row
-    holding one is the largest of its other logits. Fix (rankmixup_ops/triton/loss.py): take the
-    score as NaN where the row's sum of exponentials is NaN, which it is whenever the row holds one."""
-    return backend == "triton" and row == "mix" and math.isnan(value) and (mode, score) == ("mrl", "logit")
-
-
 # Triton's interpreter subtracts the infinities in NumPy, which warns; the NaN is the point.
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize(("mode", "score"), RANKINGS)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 @pytest.mark.parametrize("row", list(ROWS))
 @pytest.mark.parametrize("backend", RUNNING)
-def test_nan_or_inf_logit_makes_only_its_sample_non_finite(backend, row, value, mode, score, request):
-    if _nan_dropped(backend, row, value, mode, score):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Triton's MRL logit score skips NaN"))
+def test_nan_or_inf_logit_makes_only_its_sample_non_finite(backend, row, value, mode, score):
     loss, grad_logits, grad_mix = _poisoned_run(backend, row, value, mode, score)
     clean_loss, clean_logits, clean_mix = _poisoned_run("reference", row, 0.0, mode, score)
     assert not loss[0].isfinite(), loss
@@ -245,22 +236,12 @@ def test_nan_or_inf_logit_makes_only_its_sample_non_finite(backend, row, value, 
     torch.testing.assert_close(grad_mix.view(K, B, C)[:, 1:], clean_mix.view(K, B, C)[:, 1:])
 
 
-# The CPU kernels poison a row whose logit sum is not finite, so a -inf logit of a valid sample
-# (a masked class) makes its loss and gradients NaN, where the reference and Triton give the
-# class probability 0: a finite loss, or +inf when label smoothing weighs the -inf logit. Fix:
-# poison on a NaN or +inf sum only (csrc/cpu/row_ops.cpp, csrc/cuda/loss_forward.cu), and add
-# the smoothing term ls/C * sum(z) of sample_loss() (csrc/include/rankmixup/sample_loss.h) only
-# when ls > 0, since 0 * -inf is NaN.
-MASKED_REASON = "the compiled kernels turn a -inf logit into NaN"
-
-
+# A -inf logit of a valid sample is a masked class: probability 0, a finite loss (or +inf where
+# label smoothing weighs it), as in the reference (F.cross_entropy) on every backend.
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize(("mode", "score"), RANKINGS)
 @pytest.mark.parametrize("row", list(ROWS))
-@pytest.mark.parametrize("backend", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=MASKED_REASON)) if name == "cpu" else name
-    for name in RUNNING if name != "reference"
-])
+@pytest.mark.parametrize("backend", [name for name in RUNNING if name != "reference"])
 def test_minus_inf_logit_is_a_masked_class(backend, row, mode, score, label_smoothing):
     got = _poisoned_run(backend, row, -math.inf, mode, score, label_smoothing)
     expected = _poisoned_run("reference", row, -math.inf, mode, score, label_smoothing)

@@ -40,7 +40,7 @@ template <class T, bool kStoreExps>
   }
   RowScan<T> out;
   out.sum = sum;
-  if (!std::isfinite(sum)) {  // a NaN or an infinity somewhere in the row
+  if (poisons_row(sum)) {
     out.stats.poison();
     return out;
   }
@@ -105,11 +105,12 @@ template <class Pack, class Op>
 
   RowScan<float> out;
   out.sum = all_lanes(in_row ? x : FloatPack{}, add)[0];
-  if (!std::isfinite(out.sum)) {  // a NaN or an infinity somewhere in the row
+  if (poisons_row(out.sum)) {
     out.stats.poison();
     return out;
   }
-  const FloatPack row_max = all_lanes(x, max);  // the padding never equals the finite max
+  // The padding never equals the max, unless every logit is -inf: argmax 0 then, a real column.
+  const FloatPack row_max = all_lanes(x, max);
   // exp(-inf - max) is clamped, never NaN: computed for the padding too, then masked out.
   const FloatPack e = in_row ? exp_nonpositive(x - row_max) : FloatPack{};
   out.stats.max = row_max[0];

@@ -40,13 +40,13 @@ struct RowScan {
     stats.push(z, c);
     sum += z;
   }
-  // The row's statistics; a row holding a NaN or an infinity is poisoned as on the CPU.
+  // The row's statistics; a row holding a NaN or a +inf is poisoned as on the CPU.
   __device__ RowStats<T> finish() const {
     RowStats<T> out;
-    if (::isfinite(sum)) {
-      out = stats;
-    } else {
+    if (poisons_row(sum)) {
       out.poison();
+    } else {
+      out = stats;
     }
     return out;
   }

@@ -141,11 +141,12 @@ def _fused_loss_kernel(
     raw_conf = 1.0 / raw_sum  # max softmax = exp(max - lse)
     mix_conf = 1.0 / mix_sum
 
-    # CE of the raw row, as F.cross_entropy (label smoothing included).
+    # CE of the raw row, as F.cross_entropy (label smoothing included): lse - (1 - ls) z_target
+    # - ls mean(z), written with differences from the max so that its error scales with the CE,
+    # not with the logits (as csrc/include/rankmixup/sample_loss.h).
+    ce = tl.log(raw_sum) + (1.0 - label_smoothing) * (raw_max - z_target)
     if SMOOTHING:
-        ce = raw_lse - (1.0 - label_smoothing) * z_target - label_smoothing * z_total / num_classes
-    else:
-        ce = raw_lse - z_target
+        ce += label_smoothing * (raw_max - z_total / num_classes)
 
     # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
     rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)
@@ -170,8 +171,10 @@ def _fused_loss_kernel(
             raw_score = raw_conf
             mix_score = mix_conf
         else:
-            raw_score = raw_max
-            mix_score = mix_max
+            # The max ignores a NaN logit, the sum of exps does not: take the NaN from there,
+            # so that it reaches the loss (SPEC §9).
+            raw_score = tl.where(raw_sum != raw_sum, raw_sum, raw_max)
+            mix_score = tl.where(mix_sum != mix_sum, mix_sum, mix_max)
         hinge = mix_score - raw_score + margin
         keep = is_mix & (rel < 1.0)
         # where(hinge < 0) rather than maximum(): a NaN hinge must stay NaN.

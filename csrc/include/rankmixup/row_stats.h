@@ -25,7 +25,9 @@ struct RowStats {
       sumexp = sumexp * exp_(max - z) + T(1);
       max = z;
       argmax = c;
-    } else {
+    } else if (z > -std::numeric_limits<T>::infinity()) {
+      // A -inf logit adds exp(-inf) = 0; skipped, since while max is -inf too, z - max is NaN.
+      // (A NaN is skipped as well: the row's logit sum poisons it, see poisons_row.)
       sumexp += exp_(z - max);
     }
   }
@@ -37,6 +39,14 @@ struct RowStats {
     sumexp = max;
   }
 };
+
+// Whether a row whose logits sum to `logit_sum` holds a NaN or a +inf, which poison its
+// sample (SPEC §9). A -inf logit does not: it is a masked class, of probability 0, as in
+// torch.nn.functional.cross_entropy.
+template <class T>
+RANKMIXUP_HD bool poisons_row(T logit_sum) {
+  return logit_sum != logit_sum || logit_sum == std::numeric_limits<T>::infinity();
+}
 
 // Statistics of the concatenation of two parts of a row (online softmax); ties in the max go
 // to the lower column, so the result does not depend on how the row was split.

@@ -103,8 +103,12 @@ RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<
                                        int64_t num_mix, RowGrad<T>* grads) {
   const T ls = cfg.label_smoothing;
   const T ls_per_class = ls / T(cfg.num_classes);
-  // Cross-entropy with label smoothing, as torch.nn.functional.cross_entropy defines it.
-  const T ce = raw.lse() - (T(1) - ls) * z_target - ls_per_class * z_sum;
+  // Cross-entropy with label smoothing, as torch.nn.functional.cross_entropy defines it:
+  // lse - (1 - ls) z_target - ls mean(z), written with differences from the max so that its
+  // error scales with the CE, not with the logits. The smoothing term only where there is
+  // smoothing: a class masked with a -inf logit would make it 0 * inf.
+  T ce = log_(raw.sumexp) + (T(1) - ls) * (raw.max - z_target);
+  if (ls > T(0)) ce += ls * (raw.max - z_sum / T(cfg.num_classes));
   if (grads) {
     for (int64_t r = 0; r <= num_mix; ++r) {
       grads[r] = RowGrad<T>{};
