@@ -54,14 +54,7 @@ def test_loss_is_not_differentiable_in_lam(backend, logits_need_grad, request):
         assert lam.grad is None and logits.grad is not None
 
 
-# The Triton mix's autograd returns no gradient for lam. Fix (rankmixup_ops/triton/mix.py): save
-# x when lam requires grad and return grad_lam[k, b] = sum over features of
-# (x[b] - x[index[k, b]]) * grad[k*B + b], as csrc/autograd.cpp does.
-@pytest.mark.parametrize("backend", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="the Triton mix gives lam no gradient"))
-    if name == "triton" else name
-    for name in RUNNING if name != "reference"
-])
+@pytest.mark.parametrize("backend", [name for name in RUNNING if name != "reference"])
 def test_mix_is_differentiable_in_lam_like_the_reference(backend):
     x = torch.randn(B, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grad = torch.randn(K * B, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

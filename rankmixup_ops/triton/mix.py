@@ -148,13 +148,26 @@ def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
 
 
 def _setup_context(ctx, inputs, output):
-    _, lam, index = inputs
-    ctx.save_for_backward(lam, index)
+    x, lam, index = inputs
+    # x only for a lam that requires grad (rare: lam is sampled, not learned).
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, lam, index)
+
+
+def _lam_gradient(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d out[k*B + b] / d lam[k, b] = x[b] - x[index[k, b]], summed against grad over the features
+    (as csrc/autograd.cpp), in float32 (float64 for float64 x)."""
+    num_mix, batch = index.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    partners = x.index_select(0, index.reshape(-1)).reshape(num_mix, batch, -1)
+    diff = (x.reshape(1, batch, -1) - partners).to(acc)
+    return (diff * grad.to(acc).reshape(num_mix, batch, -1)).sum(-1).to(lam.dtype)
 
 
 def _backward(ctx, grad):
-    lam, index = ctx.saved_tensors
-    return mix_backward(grad, lam, index), None, None
+    x, lam, index = ctx.saved_tensors
+    grad_x = mix_backward(grad, lam, index) if ctx.needs_input_grad[0] else None
+    grad_lam = _lam_gradient(x, lam, index, grad) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_lam, None
 
 
 mix.register_autograd(_backward, setup_context=_setup_context)
