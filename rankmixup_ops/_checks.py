@@ -111,6 +111,17 @@ def integral(fn: str, name: str, value, *, low: int | None = None) -> int:
     return value
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def int64(fn: str, name: str, value) -> int:
+    """A Python integer that fits in int64, as the operators' ``int`` arguments must."""
+    value = integral(fn, name, value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{fn}: {name} must fit in int64, got {value}")
+    return value
+
+
 def flag(fn: str, name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{fn}: {name} must be a bool, got {_describe(value)}")

@@ -39,7 +39,7 @@ class _RankMixupCompat(nn.Module):
         fn = type(self).__name__
         self.num_classes = check.integral(fn, "num_classes", num_classes, low=1)
         self.alpha = check.real(fn, "alpha", alpha, low=0.0)
-        self.ignore_index = check.integral(fn, "ignore_index", ignore_index)
+        self.ignore_index = check.int64(fn, "ignore_index", ignore_index)
         self.margin = check.real(fn, "margin", margin)
 
     def forward(self, inputs, targets, mixup, target_re, lam):

@@ -181,7 +181,7 @@ def _loss(
     """
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
     score = check.choice(fn, "score", score, check.SCORES)
-    ignore_index = check.integral(fn, "ignore_index", ignore_index)
+    ignore_index = check.int64(fn, "ignore_index", ignore_index)
     label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
     reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
     if check.validation_requested(check.flag(fn, "validate", validate)):
@@ -198,7 +198,9 @@ def _loss(
         logits,
         mix_logits,
         targets,
-        impl.relevance(targets, lam, index),
+        # lam is sampled data: the loss is differentiable in the logits alone (SPEC §6), on
+        # every backend, even for a lam that requires grad.
+        impl.relevance(targets, lam.detach() if lam.requires_grad else lam, index),
         mode=mode,
         ce_weight=ce_weight,
         alpha=alpha,

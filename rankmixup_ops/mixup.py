@@ -60,17 +60,21 @@ def sample_mixup(
     return lam.expand(num_mix, batch_size).contiguous(), index
 
 
-def mix(x: torch.Tensor, lam, index: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def mix(x: torch.Tensor, lam, index: torch.Tensor, *, validate: bool = False, backend: str = "auto") -> torch.Tensor:
     """``out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]]``, shape ``(K*B, *x.shape[1:])``.
 
-    Differentiable in ``x``. ``lam`` is ``(K,)`` or ``(K, B)``; ``index`` ``(K, B)``. Arithmetic
-    is float32 (float64 for float64 ``x``); the result has ``x``'s dtype.
+    Differentiable in ``x`` (and in ``lam``). ``lam`` is ``(K,)`` or ``(K, B)``; ``index``
+    ``(K, B)``. Arithmetic is float32 (float64 for float64 ``x``); the result has ``x``'s dtype.
+    ``validate=True`` (or ``RANKMIXUP_VALIDATE=1``) also checks the values, synchronising with the
+    device: ``lam`` in [0, 1], every row of ``index`` a permutation.
     """
     fn = "mix"
     check.floating(fn, "x", x)
     check.shape(fn, "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
     lam, index = check.mixing(fn, lam, index, batch=x.shape[0], device=x.device)
     check.same_device(fn, "x", x, lam=lam, index=index)
+    if check.validation_requested(check.flag(fn, "validate", validate)):
+        check.validate_values(fn, lam=lam, index=index)
     return resolve(fn, backend, x.device).mix(x, lam, index)
 
 

@@ -40,7 +40,7 @@ class RankMixupLoss(nn.Module):
         self.alpha = check.real(fn, "alpha", alpha, low=0.0)
         self.margin = check.real(fn, "margin", margin)
         self.score = check.choice(fn, "score", score, check.SCORES)
-        self.ignore_index = check.integral(fn, "ignore_index", ignore_index)
+        self.ignore_index = check.int64(fn, "ignore_index", ignore_index)
         self.label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
         self.reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
         self.validate = check.flag(fn, "validate", validate)

@@ -64,11 +64,11 @@ def _module(**options):
     return lambda backend: rmx.RankMixupLoss(backend=backend, **options)(*_problem().values())
 
 
-def _mix(x=None, lam=None, index=None):
+def _mix(x=None, lam=None, index=None, **options):
     def call(backend):
         p = _problem()
         return rmx.mix(p["logits"] if x is None else x, p["lam"] if lam is None else lam,
-                       p["index"] if index is None else index, backend=backend)
+                       p["index"] if index is None else index, backend=backend, **options)
     return call
 
 
@@ -154,11 +154,8 @@ def test_bad_argument_same_error_on_every_backend(case, backend):
     _assert_same_error(case, backend)
 
 
-# ignore_index is checked to be an int but not to fit in int64: the reference takes 2**63, the
-# compiled and Triton ops reject it in their schemas with a RuntimeError that names neither the
-# function nor the argument. Fix: bound it to int64 where functional._loss, RankMixupLoss and the
-# compat classes check it.
-@pytest.mark.xfail(strict=True, reason="ignore_index is not checked to fit in int64")
+# The operators take ignore_index as int64: a larger int must be refused by the checks, not by an
+# operator schema with a RuntimeError that names neither the function nor the argument.
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_ignore_index_outside_int64_same_error_on_every_backend(backend):
     _assert_same_error(Case("ignore_index 2**63", _loss(ignore_index=2**63), ValueError, "rankmixup_loss",
@@ -189,17 +186,18 @@ def test_bad_value_same_error_under_validate(bad, backend, switch, monkeypatch):
     _assert_same_error(Case(name, _loss(**overrides), ValueError, "rankmixup_loss", argument), backend)
 
 
-# mix takes no validate argument and ignores RANKMIXUP_VALIDATE, so a bad index or lam passes
-# unchecked and each backend does something else with it: an IndexError (reference), a
-# RuntimeError in the forward or only in the backward (cpu), zeros or a wrong gradient (triton).
-# Fix: a `validate` argument for mix and mixup, and validate_values(lam, index) in mixup.mix
-# before it resolves the backend.
-@pytest.mark.xfail(strict=True, reason="mix never validates lam and index")
+# mix checks lam and index under validate as the losses do, before it picks a backend (each
+# would do something else with them unchecked: an IndexError, a RuntimeError in the backward,
+# zeros or a wrong gradient).
+@pytest.mark.parametrize("switch", ["argument", "environment"])
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 @pytest.mark.parametrize("bad", [b for b in BAD_VALUES if b[2] != "targets"], ids=lambda b: b[0])
-def test_mix_bad_value_same_error_under_validate(bad, backend, monkeypatch):
+def test_mix_bad_value_same_error_under_validate(bad, backend, switch, monkeypatch):
     name, overrides, argument = bad
-    monkeypatch.setenv("RANKMIXUP_VALIDATE", "1")
+    if switch == "environment":
+        monkeypatch.setenv("RANKMIXUP_VALIDATE", "1")
+    else:
+        overrides = {**overrides, "validate": True}
     _assert_same_error(Case(name, _mix(**overrides), ValueError, "mix", argument), backend)
 
 

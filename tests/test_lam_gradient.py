@@ -5,8 +5,6 @@
   defines gradients for the logits alone. So no backend may differentiate the loss in lam.
 - The mix is differentiable in lam on the compiled backends (csrc/autograd.cpp) and in the
   reference, so it must be on every backend.
-
-Expected failures mark the backends that differ, each with the fix.
 """
 
 from __future__ import annotations
@@ -31,20 +29,9 @@ def _problem():
     return logits, mix_logits, torch.tensor([0, 3, 2, 1]), lam, index
 
 
-# The reference differentiates rel = max(lam, 1 - lam) in M-NDCG's ideal DCG; the Triton
-# backend builds an autograd node for rel that its backward cannot serve when the logits need
-# no gradient ("shape '[8, 5]' is invalid for input of size 0"). Fix: in functional._loss, pass
-# lam.detach() to impl.relevance, so that no backend sees a lam that requires grad.
-LOSS_XFAIL = {("reference", True): "the reference differentiates the loss in lam",
-              ("reference", False): "the reference differentiates the loss in lam",
-              ("triton", False): "Triton's loss requires grad through lam alone; its backward fails"}
-
-
 @pytest.mark.parametrize("logits_need_grad", [True, False])
 @pytest.mark.parametrize("backend", RUNNING)
-def test_loss_is_not_differentiable_in_lam(backend, logits_need_grad, request):
-    if (backend, logits_need_grad) in LOSS_XFAIL:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=LOSS_XFAIL[backend, logits_need_grad]))
+def test_loss_is_not_differentiable_in_lam(backend, logits_need_grad):
     logits, mix_logits, targets, lam, index = _problem()
     logits.requires_grad_(logits_need_grad)
     out = rmx.rankmixup_loss(logits, mix_logits, targets, lam, index, mode="mndcg", backend=backend)
