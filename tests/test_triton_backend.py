@@ -136,6 +136,18 @@ def test_ignored_samples_are_inert(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_label_out_of_range_gives_nan_for_its_sample_only(device):
+    """Checking a label's range would need a host sync: the sample's loss is NaN instead."""
+    logits, mix_logits, targets, rel = _problem(device)
+    valid = (targets != -100).nonzero().flatten()
+    targets[valid[0]] = logits.shape[1]
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, _options(reduction="none"))
+    others = valid[1:]
+    assert got[1][valid[0]].isnan() and got[0][valid[0]].isnan()
+    assert got[0][others].isfinite().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_samples_ignored_gives_zero_not_nan(device, reduction):
     logits, mix_logits, targets, rel = _problem(device, batch=3)

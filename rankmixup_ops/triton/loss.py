@@ -147,6 +147,9 @@ def _fused_loss_kernel(
     ce = tl.log(raw_sum) + (1.0 - label_smoothing) * (raw_max - z_target)
     if SMOOTHING:
         ce += label_smoothing * (raw_max - z_total / num_classes)
+    # A valid label outside [0, C) read no target logit: NaN, as the CUDA kernel gives (checking
+    # it would need a host synchronisation; validate=True does it up front).
+    ce = tl.where((target >= 0) & (target < num_classes), ce, float("nan"))
 
     # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
     rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)
