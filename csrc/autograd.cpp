@@ -137,18 +137,21 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     Tensor grad_mix = ctx->saved_data[kGradMix].toTensor();
     ctx->saved_data.erase(kGradLogits);
     ctx->saved_data.erase(kGradMix);
-    const int64_t batch = grad_logits.size(0);
-    const Tensor per_raw_row = grad_loss.dim() == 0 ? grad_loss : grad_loss.unsqueeze(1);
-    const Tensor per_mix_row = grad_loss.dim() == 0 ? grad_loss : grad_loss.view({1, batch, 1});
-    const auto scale = [&](const Tensor& grad, const Tensor& factor, at::IntArrayRef view) {
-      if (grad.scalar_type() == dtype) return grad.view(view).mul_(factor).view(grad.sizes());
-      Tensor out = at::empty(grad.sizes(), grad.options().dtype(dtype));
-      Tensor out_view = out.view(view);
-      at::mul_out(out_view, grad.view(view), factor);
-      return out;
-    };
-    return {scale(grad_logits, per_raw_row, grad_logits.sizes()),
-            scale(grad_mix, per_mix_row, {-1, batch, grad_mix.size(1)})};
+    if (grad_loss.dim() == 0) return {scaled(grad_logits, grad_loss, dtype), scaled(grad_mix, grad_loss, dtype)};
+    // One value per sample: it scales row b of logits and of every mix.
+    const int64_t batch = grad_logits.size(0), num_classes = grad_logits.size(1);
+    return {scaled(grad_logits, grad_loss.unsqueeze(1), dtype),
+            scaled(grad_mix.view({-1, batch, num_classes}), grad_loss.view({1, batch, 1}), dtype)
+                .view({-1, num_classes})};
+  }
+
+  // grad * factor (which broadcasts over it) in `dtype`: in place when grad has that dtype
+  // already (views only where the factor needs them: at the paper's shapes each op is
+  // microseconds of the backward), else into a new tensor, rounded once.
+  static Tensor scaled(const Tensor& grad, const Tensor& factor, at::ScalarType dtype) {
+    if (grad.scalar_type() == dtype) return grad.mul_(factor);
+    Tensor out = at::empty(grad.sizes(), grad.options().dtype(dtype));
+    return at::mul_out(out, grad, factor);
   }
 };
 
