@@ -75,10 +75,10 @@ const auto& relevance_op() {
 
 // Differentiable in logits and mix_logits; the parts and the per-row records are not.
 //
-// On the CPU, when a gradient will be wanted, the forward runs loss_with_grad, which writes the
-// gradient (for grad_output = 1) from the exps it computes anyway: the CPU kernels are bound by
-// the exp, and this computes one per logit instead of two. Those buffers, kept until the
-// backward, cost two logits-sized tensors of memory. The first backward takes them over and
+// On the CPU, for float32/float64 logits, when a gradient will be wanted, the forward runs
+// loss_with_grad, which writes the gradient (for grad_output = 1) from the exps it computes
+// anyway: the CPU kernels are bound by the exp, and this computes one per logit instead of two.
+// Those buffers, kept until the backward, cost two logits-sized tensors of memory. The first backward takes them over and
 // scales them in place; a second one (retain_graph=True) finds them gone and runs the
 // loss_backward op from the saved logits and row records, as every other device does.
 class LossFunction : public torch::autograd::Function<LossFunction> {
@@ -96,7 +96,6 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
           reduction);
       ctx->saved_data[kGradLogits] = grad_logits;
       ctx->saved_data[kGradMix] = grad_mix;
-      ctx->saved_data["dtype"] = logits.scalar_type();
     } else {
       std::tie(loss, ce, rank, row_coefs, row_argmax) = loss_op().call(
           logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
@@ -115,7 +114,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     variable_list out(13);  // one per input; only the logits are differentiable
     if (!grads[0].defined()) return out;
     if (ctx->saved_data.count(kGradLogits) != 0) {
-      std::tie(out[0], out[1]) = take_forward_grads(ctx, grads[0], ctx->saved_data["dtype"].toScalarType());
+      std::tie(out[0], out[1]) = take_forward_grads(ctx, grads[0]);
       return out;
     }
     const variable_list saved = ctx->get_saved_variables();
@@ -128,30 +127,24 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
   static constexpr const char* kGradLogits = "grad_logits";
   static constexpr const char* kGradMix = "grad_mix_logits";
 
-  // The forward's gradients (in the accumulation dtype), removed from ctx so that nothing else
-  // holds them, scaled by grad_loss — a scalar, or one value per sample for reduction='none' —
-  // in place, or into the logits' dtype where that is narrower (one rounding).
-  static std::tuple<Tensor, Tensor> take_forward_grads(AutogradContext* ctx, const Tensor& grad_loss,
-                                                       at::ScalarType dtype) {
+  // The forward's gradients, removed from ctx so that nothing else holds them, scaled in place
+  // by grad_loss: a scalar, or one value per sample for reduction='none' (views only where that
+  // needs them: at the paper's shapes each op is microseconds of the backward).
+  static std::tuple<Tensor, Tensor> take_forward_grads(AutogradContext* ctx, const Tensor& grad_loss) {
     Tensor grad_logits = ctx->saved_data[kGradLogits].toTensor();
     Tensor grad_mix = ctx->saved_data[kGradMix].toTensor();
     ctx->saved_data.erase(kGradLogits);
     ctx->saved_data.erase(kGradMix);
-    if (grad_loss.dim() == 0) return {scaled(grad_logits, grad_loss, dtype), scaled(grad_mix, grad_loss, dtype)};
+    if (grad_loss.dim() == 0) {
+      grad_logits.mul_(grad_loss);
+      grad_mix.mul_(grad_loss);
+      return {grad_logits, grad_mix};
+    }
     // One value per sample: it scales row b of logits and of every mix.
     const int64_t batch = grad_logits.size(0), num_classes = grad_logits.size(1);
-    return {scaled(grad_logits, grad_loss.unsqueeze(1), dtype),
-            scaled(grad_mix.view({-1, batch, num_classes}), grad_loss.view({1, batch, 1}), dtype)
-                .view({-1, num_classes})};
-  }
-
-  // grad * factor (which broadcasts over it) in `dtype`: in place when grad has that dtype
-  // already (views only where the factor needs them: at the paper's shapes each op is
-  // microseconds of the backward), else into a new tensor, rounded once.
-  static Tensor scaled(const Tensor& grad, const Tensor& factor, at::ScalarType dtype) {
-    if (grad.scalar_type() == dtype) return grad.mul_(factor);
-    Tensor out = at::empty(grad.sizes(), grad.options().dtype(dtype));
-    return at::mul_out(out, grad, factor);
+    grad_logits.mul_(grad_loss.unsqueeze(1));
+    grad_mix.view({-1, batch, num_classes}).mul_(grad_loss.view({1, batch, 1}));
+    return {grad_logits, grad_mix};
   }
 };
 
@@ -185,7 +178,10 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
 LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
                           std::string_view mode, std::string_view score, double ce_weight, double alpha,
                           double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction) {
-  const bool grad_in_forward = logits.device().is_cpu() && at::GradMode::is_enabled() &&
+  // Not for float16/bfloat16 logits: their forward gradients would be float32 buffers twice the
+  // logits' size, kept until the backward; narrow dtypes are chosen to save memory.
+  const bool wide = logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble;
+  const bool grad_in_forward = logits.device().is_cpu() && wide && at::GradMode::is_enabled() &&
                                (logits.requires_grad() || mix_logits.requires_grad());
   const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha,
                                                 margin, ignore_index, label_smoothing, reduction, grad_in_forward);

@@ -14,8 +14,8 @@ Operators (schemas in csrc/ops.cpp):
 - ``loss_with_grad(...same arguments as loss...) -> (the loss op's five outputs, grad_logits,
   grad_mix_logits)``: the gradients for ``grad_output = 1``, in the accumulation dtype, written
   from the forward's own exps.
-  CPU only: autograd calls it there when a gradient will be wanted, and its backward scales them
-  in place. The CPU is bound by the exp (one per logit this way, two with a separate backward);
+  CPU only: autograd calls it there for float32/float64 logits when a gradient will be wanted,
+  and its backward scales them in place. The CPU is bound by the exp (one per logit this way, two with a separate backward);
   a GPU is bound by memory, where writing the gradient in the forward and scaling it later moves
   more bytes (read, write, read, write) than loss + loss_backward (read; read, write), so CUDA
   keeps the two ops. The price on the CPU: two logits-sized buffers live from forward to backward.
