@@ -44,6 +44,13 @@ const auto& loss_with_grad_op() {
   return op;
 }
 
+const auto& scale_grads_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rankmixup::scale_grads_", "")
+                             .typed<void(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t)>();
+  return op;
+}
+
 const auto& loss_backward_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("rankmixup::loss_backward", "")
@@ -78,9 +85,11 @@ const auto& relevance_op() {
 // On the CPU, for float32/float64 logits, when a gradient will be wanted, the forward runs
 // loss_with_grad, which writes the gradient (for grad_output = 1) from the exps it computes
 // anyway: the CPU kernels are bound by the exp, and this computes one per logit instead of two.
-// Those buffers, kept until the backward, cost two logits-sized tensors of memory. The first backward takes them over and
-// scales them in place; a second one (retain_graph=True) finds them gone and runs the
-// loss_backward op from the saved logits and row records, as every other device does.
+// Those buffers, kept until the backward, cost two logits-sized tensors of memory. The first
+// backward takes them over and scales them in place (scale_grads_); a second one
+// (retain_graph=True) finds them gone and runs the loss_backward op from the saved logits and
+// row records, as every other device does. They live in saved_data, not among the saved
+// tensors, so saved-tensor hooks (checkpointing, offloading to the CPU) do not see them.
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& mix_logits,
@@ -113,39 +122,29 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(13);  // one per input; only the logits are differentiable
     if (!grads[0].defined()) return out;
-    if (ctx->saved_data.count(kGradLogits) != 0) {
-      std::tie(out[0], out[1]) = take_forward_grads(ctx, grads[0]);
+    const variable_list saved = ctx->get_saved_variables();
+    const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
+    // With create_graph (grad mode on here) the gradient is recomputed by loss_backward rather
+    // than scaled in place in a graph being recorded; neither has a derivative of its own.
+    if (ctx->saved_data.count(kGradLogits) != 0 && !at::GradMode::is_enabled()) {
+      // Taken out of ctx, so that nothing else holds them while they are scaled in place.
+      const Tensor grad_logits = ctx->saved_data[kGradLogits].toTensor();
+      const Tensor grad_mix = ctx->saved_data[kGradMix].toTensor();
+      ctx->saved_data.erase(kGradLogits);
+      ctx->saved_data.erase(kGradMix);
+      scale_grads_op().call(grad_logits, grad_mix, grads[0], saved[2], ignore_index);
+      out[0] = grad_logits;
+      out[1] = grad_mix;
       return out;
     }
-    const variable_list saved = ctx->get_saved_variables();
-    std::tie(out[0], out[1]) = loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                                       ctx->saved_data["ignore_index"].toInt());
+    std::tie(out[0], out[1]) =
+        loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], ignore_index);
     return out;
   }
 
  private:
   static constexpr const char* kGradLogits = "grad_logits";
   static constexpr const char* kGradMix = "grad_mix_logits";
-
-  // The forward's gradients, removed from ctx so that nothing else holds them, scaled in place
-  // by grad_loss: a scalar, or one value per sample for reduction='none' (views only where that
-  // needs them: at the paper's shapes each op is microseconds of the backward).
-  static std::tuple<Tensor, Tensor> take_forward_grads(AutogradContext* ctx, const Tensor& grad_loss) {
-    Tensor grad_logits = ctx->saved_data[kGradLogits].toTensor();
-    Tensor grad_mix = ctx->saved_data[kGradMix].toTensor();
-    ctx->saved_data.erase(kGradLogits);
-    ctx->saved_data.erase(kGradMix);
-    if (grad_loss.dim() == 0) {
-      grad_logits.mul_(grad_loss);
-      grad_mix.mul_(grad_loss);
-      return {grad_logits, grad_mix};
-    }
-    // One value per sample: it scales row b of logits and of every mix.
-    const int64_t batch = grad_logits.size(0), num_classes = grad_logits.size(1);
-    grad_logits.mul_(grad_loss.unsqueeze(1));
-    grad_mix.view({-1, batch, num_classes}).mul_(grad_loss.view({1, batch, 1}));
-    return {grad_logits, grad_mix};
-  }
 };
 
 // Differentiable in x (the usual case) and in lam (rare: lam is sampled, not learned).

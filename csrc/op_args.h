@@ -77,6 +77,25 @@ inline void check_loss_backward_args(const at::Tensor& grad_loss, const at::Tens
   }
 }
 
+// scale_grads_ writes into its first two arguments: they must be the loss_with_grad outputs'
+// shapes, contiguous, and of one floating dtype.
+inline void check_scale_grads_args(const at::Tensor& grad_logits, const at::Tensor& grad_mix,
+                                   const at::Tensor& grad_loss, const at::Tensor& targets) {
+  TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.is_contiguous() && grad_logits.is_floating_point(),
+              "rankmixup::scale_grads_: grad_logits must be a contiguous floating (B, C)");
+  const int64_t batch = grad_logits.size(0);
+  TORCH_CHECK(grad_mix.dim() == 2 && grad_mix.is_contiguous() && grad_mix.size(1) == grad_logits.size(1) &&
+                  batch > 0 && grad_mix.size(0) % batch == 0 && grad_mix.scalar_type() == grad_logits.scalar_type(),
+              "rankmixup::scale_grads_: grad_mix_logits must be a contiguous (K*B, C) of grad_logits' dtype");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == batch && targets.scalar_type() == at::kLong,
+              "rankmixup::scale_grads_: targets must be int64 (B,)");
+  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == batch,
+              "rankmixup::scale_grads_: grad_loss must be a scalar or (B,)");
+  for (const at::Tensor* t : {&grad_mix, &grad_loss, &targets}) {
+    TORCH_CHECK(t->device() == grad_logits.device(), "rankmixup::scale_grads_: all tensors must be on one device");
+  }
+}
+
 inline void check_mix_args(const char* op, const at::Tensor& x, const at::Tensor& lam, const at::Tensor& index) {
   TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, op,
               ": index must be int64 (K, B), non-empty");

@@ -56,6 +56,12 @@ TORCH_LIBRARY(rankmixup, m) {
       "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
       "Tensor grad_mix_logits)");
+  // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
+  // scalar, or (B,) for reduction='none') and sets the rows of ignored samples to zero, whatever
+  // grad_loss holds (0 * inf would be NaN there).
+  m.def(
+      "scale_grads_(Tensor(a!) grad_logits, Tensor(b!) grad_mix_logits, Tensor grad_loss, Tensor targets, "
+      "int ignore_index) -> ()");
   // Gradient of loss w.r.t. logits and mix_logits, scaled by grad_loss (scalar, or (B,) for
   // reduction='none').
   m.def(

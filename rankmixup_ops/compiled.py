@@ -15,10 +15,14 @@ Operators (schemas in csrc/ops.cpp):
   grad_mix_logits)``: the gradients for ``grad_output = 1``, in the accumulation dtype, written
   from the forward's own exps.
   CPU only: autograd calls it there for float32/float64 logits when a gradient will be wanted,
-  and its backward scales them in place. The CPU is bound by the exp (one per logit this way, two with a separate backward);
-  a GPU is bound by memory, where writing the gradient in the forward and scaling it later moves
-  more bytes (read, write, read, write) than loss + loss_backward (read; read, write), so CUDA
-  keeps the two ops. The price on the CPU: two logits-sized buffers live from forward to backward.
+  and its backward scales them in place with ``scale_grads_``. The CPU is bound by the exp (one
+  per logit this way, two with a separate backward); a GPU is bound by memory, where writing the
+  gradient in the forward and scaling it later moves more bytes (read, write, read, write) than
+  loss + loss_backward (read; read, write), so CUDA keeps the two ops. The price on the CPU: two
+  logits-sized buffers live from forward to backward.
+- ``scale_grads_(grad_logits, grad_mix_logits, grad_loss, targets, ignore_index) -> ()``: that
+  scaling by ``grad_output``, in place, with the rows of ignored samples set to zero whatever
+  ``grad_output`` holds (CPU).
 - ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
   (a CPU kernel; an ATen composite on other devices, and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
@@ -58,6 +62,11 @@ def _loss_with_grad_fake(logits, mix_logits, targets, rel, mode, score, ce_weigh
                          label_smoothing, reduction)
     acc = accumulation_dtype(logits.dtype)
     return (*outputs, logits.new_empty(logits.shape, dtype=acc), mix_logits.new_empty(mix_logits.shape, dtype=acc))
+
+
+@torch.library.register_fake("rankmixup::scale_grads_")
+def _scale_grads_fake(grad_logits, grad_mix_logits, grad_loss, targets, ignore_index):
+    return None
 
 
 @torch.library.register_fake("rankmixup::loss_backward")

@@ -156,6 +156,34 @@ def test_retain_graph_second_backward_recomputes(reduction, dtype):
     torch.testing.assert_close((raw.grad, mix.grad), first, **tolerance)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ignored_rows_stay_zero_whatever_grad_output(reduction):
+    """0 * inf is NaN: the scaling of the forward's gradients must not multiply ignored rows."""
+    logits, mix_logits, targets, rel = problem(6, 2, 9, ignore="none", seed=18)
+    targets[[1, 4]] = -100
+    raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
+    loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
+    loss.backward(torch.full_like(loss, float("inf")), retain_graph=True)
+    first = raw.grad.clone(), mix.grad.clone()
+    raw.grad = mix.grad = None
+    loss.backward(torch.full_like(loss, float("inf")))  # the loss_backward op's path
+    for grads in (first, (raw.grad, mix.grad)):
+        assert grads[0][[1, 4]].eq(0).all() and grads[1].view(2, 6, 9)[:, [1, 4]].eq(0).all()
+
+
+def test_create_graph_falls_back_to_the_backward_op():
+    """With create_graph the backward takes the loss_backward op rather than the forward's
+    gradients (which it must not scale in place in a graph being recorded): the same first
+    derivative."""
+    logits, mix_logits, targets, rel = problem(5, 2, 7, seed=19)
+    raw = logits.clone().requires_grad_()
+    loss = CPU.loss(raw, mix_logits, targets, rel, **options()).loss
+    (grad,) = torch.autograd.grad(loss, raw, create_graph=True)
+    ref_raw = logits.clone().requires_grad_()
+    expected = reference.rankmixup_loss_from_relevance(ref_raw, mix_logits, targets, rel, **options()).loss
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, ref_raw)[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("classes", [1, 10, 33, 1000])
 def test_loss_with_grad_equals_loss_then_backward(classes, dtype):
@@ -248,6 +276,14 @@ def test_opcheck_loss(reduction, requires_grad):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_opcheck_loss_with_grad(reduction):
     torch.library.opcheck(torch.ops.rankmixup.loss_with_grad.default, loss_args(reduction, requires_grad=False))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_scale_grads(reduction):
+    args = loss_args(reduction, requires_grad=False)
+    grad_logits, grad_mix = torch.ops.rankmixup.loss_with_grad(*args)[5:]
+    grad_loss = torch.rand(5) + 0.5 if reduction == "none" else torch.tensor(1.5)
+    torch.library.opcheck(torch.ops.rankmixup.scale_grads_.default, (grad_logits, grad_mix, grad_loss, args[2], -100))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -245,3 +245,23 @@ def test_minus_inf_logit_is_a_masked_class(backend, row, mode, score, label_smoo
     expected = _poisoned_run("reference", row, -math.inf, mode, score, label_smoothing)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+
+
+# A row of -inf only has no softmax: it poisons its sample on the fused backends (loss NaN, and
+# that row's gradient), as a NaN would, and leaves every other sample alone. (The reference gives
+# NaN too, except for MRL's max-logit score, where PyTorch's max of a -inf row is just -inf.)
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+@pytest.mark.parametrize("row", list(ROWS))
+@pytest.mark.parametrize("backend", [name for name in RUNNING if name != "reference"])
+def test_row_of_minus_inf_only_poisons_its_sample(backend, row, mode, score):
+    problem = _problem()
+    name, r = ROWS[row]
+    problem[name][r] = -math.inf
+    logits, mix_logits = (problem[n].requires_grad_() for n in ("logits", "mix_logits"))
+    out = rmx.rankmixup_loss(*problem.values(), mode=mode, score=score, reduction="none", backend=backend)
+    grad_logits, grad_mix = torch.autograd.grad(out.loss.sum(), (logits, mix_logits))
+    clean_loss, clean_logits, clean_mix = _poisoned_run("reference", row, 0.0, mode, score)
+    poisoned_row = (grad_logits if row == "raw" else grad_mix)[0]
+    assert out.loss[0].isnan() and poisoned_row.isnan().all()
+    torch.testing.assert_close(out.loss[1:].detach(), clean_loss[1:])
+    torch.testing.assert_close(grad_logits[1:], clean_logits[1:])

@@ -136,6 +136,20 @@ def test_ignored_samples_are_inert(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_masked_leading_chunk_is_not_nan(device):
+    """-inf logits are masked classes even when a whole chunk of the online softmax holds
+    nothing else (where max - max would be NaN)."""
+    logits, mix_logits, targets, rel = _problem(device, classes=40)
+    logits[:, :16] = float("-inf")
+    mix_logits[:, 16:32] = float("-inf")
+    targets[targets < 16] = 20  # keep every valid label on a finite logit
+    options = _options(mode="mrl", score="prob")
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, options, block_c=16)
+    assert all(bool(t.isfinite().all()) for t in got)
+    _assert_matches_reference((logits, mix_logits, targets, rel), options, block_c=16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_label_out_of_range_gives_nan_for_its_sample_only(device):
     """Checking a label's range would need a host sync: the sample's loss is NaN instead."""
     logits, mix_logits, targets, rel = _problem(device)
@@ -143,8 +157,8 @@ def test_label_out_of_range_gives_nan_for_its_sample_only(device):
     targets[valid[0]] = logits.shape[1]
     got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, _options(reduction="none"))
     others = valid[1:]
-    assert got[1][valid[0]].isnan() and got[0][valid[0]].isnan()
-    assert got[0][others].isfinite().all()
+    assert got[1][valid[0]].isnan() and got[0][valid[0]].isnan() and got[3][valid[0]].isnan().all()
+    assert got[0][others].isfinite().all() and got[3][others].isfinite().all()
 
 
 @pytest.mark.parametrize("device", DEVICES)

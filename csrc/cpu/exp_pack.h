@@ -1,6 +1,6 @@
 // The exp of the CPU row loops (row_ops.cpp), for a float or a pack of 16: plain arithmetic,
 // because std::exp is a library call, which no compiler vectorises without -ffast-math. Only
-// row_ops.cpp and the C++ test of the math include this: the packs need GCC or Clang.
+// row_ops.cpp and the C++ test of the math include this.
 #pragma once
 
 #include <bit>
@@ -9,25 +9,34 @@
 
 namespace rankmixup::cpu {
 
-// 16 floats (64 bytes) as one value, in GCC/Clang's vector extension: the compiler maps it to
-// one AVX-512 register, two AVX2 or four SSE2 ones, as the target ISA of the function has.
+// Every helper here is always inlined: a 64-byte vector passed to an out-of-line copy would
+// use the calling convention of that copy's ISA, not of the caller's clone (row_ops.cpp).
+#define RANKMIXUP_PACK_INLINE [[gnu::always_inline]] inline
+
+// The conversions exp_nonpositive needs, for a float and (below) for a pack.
+RANKMIXUP_PACK_INLINE int32_t to_int(float x) { return static_cast<int32_t>(x); }  // truncates
+RANKMIXUP_PACK_INLINE float to_float(int32_t n) { return static_cast<float>(n); }
+RANKMIXUP_PACK_INLINE float float_from_bits(int32_t n) { return std::bit_cast<float>(n); }
+
+// 16 floats (64 bytes) as one value, in the vector extension of Clang and GCC 12+ (which has
+// __builtin_shufflevector): the compiler maps it to one AVX-512 register, two AVX2 or four SSE2
+// ones, as the target ISA of the function has. Elsewhere the row loops do without packs.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define RANKMIXUP_FLOAT_PACKS 1
 using FloatPack = float __attribute__((vector_size(64)));
 using IntPack = int32_t __attribute__((vector_size(64)));  // its lane indices and masks
 
-// The conversions exp_nonpositive needs, for a float and for a pack.
-inline int32_t to_int(float x) { return static_cast<int32_t>(x); }  // truncates
-inline IntPack to_int(FloatPack x) { return __builtin_convertvector(x, IntPack); }
-inline float to_float(int32_t n) { return static_cast<float>(n); }
-inline FloatPack to_float(IntPack n) { return __builtin_convertvector(n, FloatPack); }
-inline float float_from_bits(int32_t n) { return std::bit_cast<float>(n); }
-inline FloatPack float_from_bits(IntPack n) { return std::bit_cast<FloatPack>(n); }
+RANKMIXUP_PACK_INLINE IntPack to_int(FloatPack x) { return __builtin_convertvector(x, IntPack); }
+RANKMIXUP_PACK_INLINE FloatPack to_float(IntPack n) { return __builtin_convertvector(n, FloatPack); }
+RANKMIXUP_PACK_INLINE FloatPack float_from_bits(IntPack n) { return std::bit_cast<FloatPack>(n); }
+#endif
 
 // exp(x) for x <= 0, to ~2 ulp (Cephes' polynomial on [-ln2/2, ln2/2]), for a float or a
 // vector-extension pack of them. Results below FLT_MIN (x < -87.3) come out as FLT_MIN-sized
 // values, not denormals: they only ever add to a sum that holds a 1, or scale a probability
 // that is then below every tolerance.
 template <class V>
-inline V exp_nonpositive(V x) {
+RANKMIXUP_PACK_INLINE V exp_nonpositive(V x) {
   const V lowest = V{} + -87.3365f;  // the value for a float, broadcast for a pack
   x = x < lowest ? lowest : x;
   // x * log2(e) <= 0, so truncating (v - 0.5) rounds v to the nearest integer.

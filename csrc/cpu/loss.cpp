@@ -265,11 +265,50 @@ std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tens
   return {grad_logits, grad_mix};
 }
 
+// (Out of the dispatch macro below, which cannot hold a pragma.)
+template <class T>
+void scale_row(T* row, int64_t n, T factor) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) row[c] *= factor;
+}
+
+void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Tensor& grad_loss,
+                     const Tensor& targets, int64_t ignore_index) {
+  check_scale_grads_args(grad_logits, grad_mix, grad_loss, targets);
+  const int64_t batch = grad_logits.size(0), num_classes = grad_logits.size(1);
+  const int64_t num_mix = grad_mix.size(0) / batch;
+  const Tensor y = targets.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad_logits.scalar_type(), "rankmixup_scale_grads_cpu", [&] {
+    const Tensor g = grad_loss.to(grad_logits.scalar_type()).contiguous();
+    const scalar_t* factors = g.const_data_ptr<scalar_t>();
+    const bool per_sample = g.numel() != 1;
+    const int64_t* labels = y.const_data_ptr<int64_t>();
+    scalar_t* raw = grad_logits.data_ptr<scalar_t>();
+    scalar_t* mix = grad_mix.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const bool ignored = labels[b] == ignore_index;
+        const scalar_t factor = factors[per_sample ? b : 0];
+        for (int64_t r = 0; r <= num_mix; ++r) {
+          scalar_t* row = r == 0 ? raw + b * num_classes : mix + ((r - 1) * batch + b) * num_classes;
+          if (ignored) {
+            std::fill_n(row, num_classes, scalar_t(0));
+            continue;
+          }
+          scale_row(row, num_classes, factor);
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
   m.impl("loss", &loss_cpu);
   m.impl("loss_with_grad", &loss_with_grad_cpu);
+  m.impl("scale_grads_", &scale_grads_cpu);
   m.impl("loss_backward", &loss_backward_cpu);
 }
 

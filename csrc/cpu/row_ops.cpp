@@ -28,7 +28,7 @@ namespace {
 // The bodies, inlined into each ISA's clone (a function is compiled for the ISA of its caller
 // when inlined, so these must never be called out of line).
 
-// Rows longer than kShortRow.
+// Any row (float rows of more than 16 columns, where packs exist: see exp_pack.h).
 template <class T, bool kStoreExps>
 [[gnu::always_inline]] inline RowScan<T> scan_long_row(const T* z, int64_t n, T* exps) {
   T max = z[0];
@@ -40,7 +40,7 @@ template <class T, bool kStoreExps>
   }
   RowScan<T> out;
   out.sum = sum;
-  if (poisons_row(sum)) {
+  if (poisons_row(sum, max)) {
     out.stats.poison();
     return out;
   }
@@ -63,6 +63,7 @@ template <class T, bool kStoreExps>
   return out;
 }
 
+#ifdef RANKMIXUP_FLOAT_PACKS
 // Rows of at most kShortRow columns (CIFAR-10 has 10 classes) fit one pack of 16 floats in
 // GCC/Clang's vector extension (one AVX-512 register, two AVX2 or four SSE2 ones): loaded once
 // with -inf padding, reduced across lanes by shuffles. The general loops would spend more on
@@ -99,19 +100,20 @@ template <class Pack, class Op>
 [[gnu::always_inline]] inline RowScan<float> scan_short_row(const float* z, int n, float* exps) {
   const FloatPack x = load_short_row(z, n);
   const IntPack in_row = kLane < n;
-  const auto add = [](auto a, auto b) { return a + b; };
-  const auto max = [](auto a, auto b) { return a > b ? a : b; };
-  const auto min = [](auto a, auto b) { return a < b ? a : b; };
+  // Inlined, as every function taking packs must be (exp_pack.h).
+  const auto add = [](auto a, auto b) __attribute__((always_inline)) { return a + b; };
+  const auto max = [](auto a, auto b) __attribute__((always_inline)) { return a > b ? a : b; };
+  const auto min = [](auto a, auto b) __attribute__((always_inline)) { return a < b ? a : b; };
 
   RowScan<float> out;
   out.sum = all_lanes(in_row ? x : FloatPack{}, add)[0];
-  if (poisons_row(out.sum)) {
+  // Every lane holds the max; the padding (-inf) never beats a logit, nor matches a finite max.
+  const FloatPack row_max = all_lanes(x, max);
+  if (poisons_row(out.sum, row_max[0])) {
     out.stats.poison();
     return out;
   }
-  // The padding never equals the max, unless every logit is -inf: argmax 0 then, a real column.
-  const FloatPack row_max = all_lanes(x, max);
-  // exp(-inf - max) is clamped, never NaN: computed for the padding too, then masked out.
+  // The padding's exp(-inf - max) is clamped, never NaN: computed, then masked out.
   const FloatPack e = in_row ? exp_nonpositive(x - row_max) : FloatPack{};
   out.stats.max = row_max[0];
   out.stats.argmax = all_lanes(x == row_max ? kLane : IntPack{} + kShortRow, min)[0];
@@ -120,12 +122,16 @@ template <class Pack, class Op>
   return out;
 }
 
+#endif  // RANKMIXUP_FLOAT_PACKS
+
 template <class T>
 [[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n, T* exps) {
   // float64 rows are not packed (the library exp does not vectorise): the general loops.
+#ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
     if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n), exps);
   }
+#endif
   return exps ? scan_long_row<T, true>(z, n, exps) : scan_long_row<T, false>(z, n, exps);
 }
 
@@ -133,6 +139,7 @@ template <class T>
 // f maps a value, or a pack of them.
 template <class T, class F>
 [[gnu::always_inline]] inline void grad_row(const T* in, int64_t n, T scale, const RowGrad<T>& g, T* out, F f) {
+#ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
     if (n <= kShortRow) {  // one pack, as in scan_short_row, the point terms added in it too
       const int cols = static_cast<int>(n);
@@ -144,6 +151,7 @@ template <class T, class F>
       return;
     }
   }
+#endif
   const T constant = g.constant;
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) out[c] = scale * f(in[c]) + constant;
@@ -153,7 +161,7 @@ template <class T, class F>
 
 template <class T>
 [[gnu::always_inline]] inline void write_grad_row_body(const T* z, int64_t n, T lse, const RowGrad<T>& g, T* out) {
-  grad_row(z, n, g.scale_p, g, out, [lse](auto x) { return exp_nonpositive(x - lse); });
+  grad_row(z, n, g.scale_p, g, out, [lse](auto x) __attribute__((always_inline)) { return exp_nonpositive(x - lse); });
 }
 
 template <class T>
@@ -163,7 +171,7 @@ template <class T>
     std::fill_n(out, n, std::numeric_limits<T>::quiet_NaN());
     return;
   }
-  grad_row(exps, n, g.scale_p / stats.sumexp, g, out, [](auto e) { return e; });  // softmax = exps / sumexp
+  grad_row(exps, n, g.scale_p / stats.sumexp, g, out, [](auto e) __attribute__((always_inline)) { return e; });  // softmax = exps / sumexp
 }
 
 }  // namespace

@@ -16,8 +16,8 @@ struct RowScan {
   T sum;  // sum of the logits (label smoothing needs it)
 };
 
-// Statistics and logit sum of the row z[0..n) (n >= 1); a row holding a NaN or an infinity
-// comes back poisoned (RowStats::poison). If `exps` is not null, a finite row also leaves
+// Statistics and logit sum of the row z[0..n) (n >= 1); a row that poisons_row comes back
+// poisoned (RowStats::poison). If `exps` is not null, any other row also leaves
 // exps[c] = exp(z[c] - max) there, for finish_grad_row (a poisoned one leaves it untouched).
 RowScan<float> scan_row(const float* z, int64_t n, float* exps = nullptr);
 RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr);

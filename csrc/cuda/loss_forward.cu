@@ -30,7 +30,7 @@ namespace {
 using at::Tensor;
 
 // Statistics of a part of a row: the online softmax's, plus the sum of the logits (label
-// smoothing needs it, and a non-finite sum is how a non-finite logit is detected).
+// smoothing needs it, and a NaN or +inf sum is how a NaN or +inf logit is detected).
 template <class T>
 struct RowScan {
   RowStats<T> stats;
@@ -40,10 +40,10 @@ struct RowScan {
     stats.push(z, c);
     sum += z;
   }
-  // The row's statistics; a row holding a NaN or a +inf is poisoned as on the CPU.
+  // The row's statistics, poisoned as on the CPU (a NaN or +inf, or -inf only).
   __device__ RowStats<T> finish() const {
     RowStats<T> out;
-    if (poisons_row(sum)) {
+    if (poisons_row(sum, stats.max)) {
       out.poison();
     } else {
       out = stats;

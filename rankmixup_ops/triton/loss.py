@@ -54,7 +54,10 @@ def _online_softmax(z, cols, row_max, row_arg, row_sum):
     # Strictly greater: on a tie the earlier chunk (lower class index) keeps the argmax.
     row_arg = tl.where(chunk_max > row_max, chunk_arg, row_arg)
     new_max = tl.maximum(row_max, chunk_max)
-    row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+    # While every logit so far is -inf (masked classes), z - new_max would be NaN: shift by 0
+    # instead, every exp then being exp(-inf) = 0.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
     return new_max, row_arg, row_sum
 
 
@@ -136,6 +139,12 @@ def _fused_loss_kernel(
         z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
         mix_max, mix_arg, mix_sum = _online_softmax(z, cols, mix_max, mix_arg, mix_sum)
 
+    # As on the compiled backends (SPEC §9): a row of -inf only, and a valid label outside
+    # [0, C) (checking it would need a host synchronisation; validate=True does it up front),
+    # poison their sample: loss and gradients NaN.
+    label_ok = (target >= 0) & (target < num_classes)
+    raw_sum = tl.where((raw_max == float("-inf")) | (valid & ~label_ok), float("nan"), raw_sum)
+    mix_sum = tl.where(mix_max == float("-inf"), float("nan"), mix_sum)
     raw_lse = raw_max + tl.log(raw_sum)
     mix_lse = mix_max + tl.log(mix_sum)
     raw_conf = 1.0 / raw_sum  # max softmax = exp(max - lse)
@@ -147,9 +156,6 @@ def _fused_loss_kernel(
     ce = tl.log(raw_sum) + (1.0 - label_smoothing) * (raw_max - z_target)
     if SMOOTHING:
         ce += label_smoothing * (raw_max - z_total / num_classes)
-    # A valid label outside [0, C) read no target logit: NaN, as the CUDA kernel gives (checking
-    # it would need a host synchronisation; validate=True does it up front).
-    ce = tl.where((target >= 0) & (target < num_classes), ce, float("nan"))
 
     # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
     rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)

@@ -1,6 +1,7 @@
 // Softmax statistics of one logit row: everything the losses need to know about a row, in
 // three numbers. conf = max softmax = exp(max - max) / sumexp = 1 / sumexp, and
-// log-sum-exp = max + log(sumexp); the softmax itself is exp(z - lse), recomputed on demand.
+// log-sum-exp = max + log(sumexp); the softmax itself is exp(z - lse) (or the stored
+// exp(z - max) / sumexp).
 #pragma once
 
 #include <cstdint>
@@ -40,12 +41,13 @@ struct RowStats {
   }
 };
 
-// Whether a row whose logits sum to `logit_sum` holds a NaN or a +inf, which poison its
-// sample (SPEC §9). A -inf logit does not: it is a masked class, of probability 0, as in
-// torch.nn.functional.cross_entropy.
+// Whether a row with this logit sum and max poisons its sample (SPEC §9): it holds a NaN or a
+// +inf, or nothing but -inf. A -inf logit alone does not: it is a masked class, of probability
+// 0, as in torch.nn.functional.cross_entropy.
 template <class T>
-RANKMIXUP_HD bool poisons_row(T logit_sum) {
-  return logit_sum != logit_sum || logit_sum == std::numeric_limits<T>::infinity();
+RANKMIXUP_HD bool poisons_row(T logit_sum, T max) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  return logit_sum != logit_sum || logit_sum == kInf || max == -kInf;
 }
 
 // Statistics of the concatenation of two parts of a row (online softmax); ties in the max go
