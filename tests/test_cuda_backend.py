@@ -81,9 +81,9 @@ def test_every_cpu_operator_has_a_cuda_kernel():
         name for name in torch._C._dispatch_get_registrations_for_dispatch_key("CPU") if name.startswith("rankmixup::")
     )
     assert {f"rankmixup::{op}" for op in OPS} <= set(cpu_ops)
-    # loss_with_grad is CPU-only by design: on the GPU, autograd runs loss and loss_backward
-    # (docs/DESIGN.md, "Decisions"), and must never reach for it.
-    cpu_only = {"rankmixup::loss_with_grad"}
+    # loss_with_grad and its scaling are CPU-only by design: on the GPU, autograd runs loss and
+    # loss_backward (docs/DESIGN.md, "Decisions"), and must never reach for them.
+    cpu_only = {"rankmixup::loss_with_grad", "rankmixup::scale_grads_"}
     for name in cpu_ops:  # a kernel of its own, or a composite that covers CUDA
         has_cuda = torch._C._dispatch_has_computed_kernel_for_dispatch_key(name, "CUDA")
         assert has_cuda != (name in cpu_only), name
