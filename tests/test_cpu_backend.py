@@ -142,8 +142,9 @@ def test_retain_graph_backward_twice():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_retain_graph_second_backward_recomputes(reduction, dtype):
-    """The first backward scales the gradient the forward wrote; a second one (retain_graph)
-    recomputes it with the loss_backward op: both must give the same gradient."""
+    """For float32 the first backward scales the gradient the forward wrote and a second one
+    (retain_graph) recomputes it with the loss_backward op; bfloat16 takes loss_backward both
+    times. Either way both backwards give the same gradient."""
     logits, mix_logits, targets, rel = problem(8, 3, 21, dtype=dtype, seed=8)
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
     loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
@@ -171,10 +172,9 @@ def test_ignored_rows_stay_zero_whatever_grad_output(reduction):
         assert grads[0][[1, 4]].eq(0).all() and grads[1].view(2, 6, 9)[:, [1, 4]].eq(0).all()
 
 
-def test_create_graph_falls_back_to_the_backward_op():
-    """With create_graph the backward takes the loss_backward op rather than the forward's
-    gradients (which it must not scale in place in a graph being recorded): the same first
-    derivative."""
+def test_create_graph_gives_the_first_derivative():
+    """With create_graph the backward recomputes with the loss_backward op instead of scaling the
+    forward's gradients (csrc/autograd.cpp); either way the first derivative is the reference's."""
     logits, mix_logits, targets, rel = problem(5, 2, 7, seed=19)
     raw = logits.clone().requires_grad_()
     loss = CPU.loss(raw, mix_logits, targets, rel, **options()).loss

@@ -1,9 +1,9 @@
 // The CPU kernels' row loops, written so the compiler vectorises them: no branches in the
 // bodies, reductions declared to OpenMP SIMD, and rows of up to 16 floats held in one explicit
 // pack. They are nearly all of the loss's time at large C (an exp per logit), so on x86-64 with
-// GCC the float versions are compiled
-// three times — AVX-512, AVX2+FMA and the baseline SSE2 — and the loader picks the best the CPU
-// has (function multiversioning, resolved once through an ifunc). The build itself keeps
+// GCC the float versions are compiled three times — AVX-512, AVX2+FMA and the baseline SSE2 —
+// and the loader picks the best the CPU has (function multiversioning, resolved once through an
+// ifunc). The build itself keeps
 // targeting baseline x86-64, so the library runs on any x86-64 CPU. Torch-free, like the math
 // headers: the C++ test of the math links this file alone.
 #include "row_ops.h"
