@@ -57,8 +57,9 @@ TORCH_LIBRARY(rankmixup, m) {
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
       "Tensor grad_mix_logits)");
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
-  // scalar, or (B,) for reduction='none') and sets the rows of ignored samples to zero, whatever
-  // grad_loss holds (0 * inf would be NaN there).
+  // scalar, or (B,) for reduction='none') and keeps the rows of ignored samples zero, whatever
+  // grad_loss holds (0 * inf would be NaN there). A factor of exactly 1 leaves its rows as
+  // loss_with_grad wrote them.
   m.def(
       "scale_grads_(Tensor(a!) grad_logits, Tensor(b!) grad_mix_logits, Tensor grad_loss, Tensor targets, "
       "int ignore_index) -> ()");

@@ -144,11 +144,14 @@ def test_retain_graph_backward_twice():
 def test_retain_graph_second_backward_recomputes(reduction, dtype):
     """For float32 the first backward scales the gradient the forward wrote and a second one
     (retain_graph) recomputes it with the loss_backward op; bfloat16 takes loss_backward both
-    times. Either way both backwards give the same gradient."""
+    times. Either way both backwards give the same gradient. Per-sample weights of exactly 1
+    (rows the first backward leaves as the forward wrote them) sit beside other weights."""
     logits, mix_logits, targets, rel = problem(8, 3, 21, dtype=dtype, seed=8)
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
     loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
     weight = torch.rand(loss.shape, generator=gen(8)) + 0.5
+    if reduction == "none":
+        weight[::2] = 1.0
     loss.backward(weight, retain_graph=True)
     first = raw.grad.clone(), mix.grad.clone()
     raw.grad = mix.grad = None

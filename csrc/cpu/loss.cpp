@@ -84,6 +84,11 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
       if (!grad.wanted()) return nullptr;
       return r == 0 ? grad.raw + b * num_classes : grad.mix + ((r - 1) * batch + b) * num_classes;
     };
+    // The logits scanned after row r of sample b, where they can be prefetched (else null).
+    const auto next_row = [&](int64_t b, int64_t r) -> const acc_t* {
+      if (r < num_mix) return mix_rows.in_place(r * batch + b);
+      return b + 1 < end ? raw_rows.in_place(b + 1) : nullptr;
+    };
     for (int64_t b = begin; b < end; ++b) {
       const int64_t target = y[b * targets.stride(0)];
       if (target == ignore_index) {  // its logits are never read; its gradient is exactly 0
@@ -95,11 +100,12 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
         continue;
       }
       const acc_t* z = raw_rows.row(b, scratch.data());
-      const RowScan<acc_t> raw = scan_row(z, num_classes, grad_row(b, 0));
+      const RowScan<acc_t> raw = scan_row(z, num_classes, grad_row(b, 0), next_row(b, 0));
       const acc_t z_target = z[target];
       stats[0] = raw.stats;
       for (int64_t k = 0; k < num_mix; ++k) {
-        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k)).stats;
+        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k),
+                                next_row(b, 1 + k)).stats;
       }
       const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
                                                  rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
@@ -290,6 +296,10 @@ void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Te
       for (int64_t b = begin; b < end; ++b) {
         const bool ignored = labels[b] == ignore_index;
         const scalar_t factor = factors[per_sample ? b : 0];
+        // The forward wrote these rows for a factor of 1 (ignored ones as zeros): scaling by
+        // exactly 1 would change no bit. It is the usual case (backward() of a mean or a sum),
+        // and skipping it saves a read and a write of every gradient.
+        if (factor == scalar_t(1)) continue;
         for (int64_t r = 0; r <= num_mix; ++r) {
           scalar_t* row = r == 0 ? raw + b * num_classes : mix + ((r - 1) * batch + b) * num_classes;
           if (ignored) {

@@ -1,11 +1,12 @@
-// The CPU kernels' row loops, written so the compiler vectorises them: no branches in the
-// bodies, reductions declared to OpenMP SIMD, and rows of up to 16 floats held in one explicit
-// pack. They are nearly all of the loss's time at large C (an exp per logit), so on x86-64 with
-// GCC the float versions are compiled three times — AVX-512, AVX2+FMA and the baseline SSE2 —
-// and the loader picks the best the CPU has (function multiversioning, resolved once through an
-// ifunc). The build itself keeps
-// targeting baseline x86-64, so the library runs on any x86-64 CPU. Torch-free, like the math
-// headers: the C++ test of the math links this file alone.
+// The CPU kernels' row loops. float rows go in explicit packs of 16 (exp_pack.h), the
+// reductions' partial results held in registers; float64 rows (and float rows where the
+// compiler has no packs) in loops written so the compiler vectorises them: no branches in the
+// bodies, reductions declared to OpenMP SIMD. They are nearly all of the loss's time at large C
+// (an exp per logit), so on x86-64 with GCC the float versions are compiled three times —
+// AVX-512, AVX2+FMA and the baseline SSE2 — and the loader picks the best the CPU has
+// (function multiversioning, resolved once through an ifunc). The build itself keeps targeting
+// baseline x86-64, so the library runs on any x86-64 CPU. Torch-free, like the math headers:
+// the C++ test of the math links this file alone.
 #include "row_ops.h"
 
 #include <algorithm>
@@ -28,9 +29,9 @@ namespace {
 // The bodies, inlined into each ISA's clone (a function is compiled for the ISA of its caller
 // when inlined, so these must never be called out of line).
 
-// Any row (float rows of more than 16 columns, where packs exist: see exp_pack.h).
+// Any row: float64 ones, and float ones where there are no packs (see exp_pack.h).
 template <class T, bool kStoreExps>
-[[gnu::always_inline]] inline RowScan<T> scan_long_row(const T* z, int64_t n, T* exps) {
+[[gnu::always_inline]] inline RowScan<T> scan_simd_row(const T* z, int64_t n, T* exps) {
   T max = z[0];
   T sum = T(0);
 #pragma omp simd reduction(max : max) reduction(+ : sum)
@@ -64,12 +65,13 @@ template <class T, bool kStoreExps>
 }
 
 #ifdef RANKMIXUP_FLOAT_PACKS
-// Rows of at most kShortRow columns (CIFAR-10 has 10 classes) fit one pack of 16 floats in
-// GCC/Clang's vector extension (one AVX-512 register, two AVX2 or four SSE2 ones): loaded once
-// with -inf padding, reduced across lanes by shuffles. The general loops would spend more on
-// their remainder handling than on the row.
-constexpr int kShortRow = 16;
+// float rows in packs of 16 (GCC/Clang's vector extension: one AVX-512 register, two AVX2 or
+// four SSE2 ones), the reductions' partial results held in packs, so in registers; the last
+// partial pack is loaded padded with -inf (no max; an exp that is then masked out). A row of up
+// to 16 columns (CIFAR-10 has 10 classes) is that one partial pack.
+constexpr int kPack = 16;
 constexpr IntPack kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Every lane of the result holds op over all 16 lanes of v (in a fixed, data-independent order).
 template <class Pack, class Op>
@@ -80,59 +82,122 @@ template <class Pack, class Op>
   return op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
 }
 
-// The row in[0..n), n <= kShortRow, padded with -inf (no max; an exp that underflows).
-[[gnu::always_inline]] inline FloatPack load_short_row(const float* in, int n) {
-  float lanes[kShortRow];
-#pragma omp simd
-  for (int l = 0; l < kShortRow; ++l) lanes[l] = l < n ? in[l] : -std::numeric_limits<float>::infinity();
+// Inlined, as every function taking packs must be (exp_pack.h).
+constexpr auto kAdd = [](auto a, auto b) __attribute__((always_inline)) { return a + b; };
+constexpr auto kMax = [](auto a, auto b) __attribute__((always_inline)) { return a > b ? a : b; };
+constexpr auto kMin = [](auto a, auto b) __attribute__((always_inline)) { return a < b ? a : b; };
+
+[[gnu::always_inline]] inline FloatPack load_pack(const float* in) {
   FloatPack x;
-  __builtin_memcpy(&x, lanes, sizeof x);
+  __builtin_memcpy(&x, in, sizeof x);
   return x;
 }
 
-[[gnu::always_inline]] inline void store_short_row(FloatPack v, int n, float* out) {
+[[gnu::always_inline]] inline void store_pack(FloatPack v, float* out) { __builtin_memcpy(out, &v, sizeof v); }
+
+// in[0..n), 0 < n <= kPack, padded with -inf.
+[[gnu::always_inline]] inline FloatPack load_partial_pack(const float* in, int n) {
+  float lanes[kPack];
 #pragma omp simd
-  for (int l = 0; l < kShortRow; ++l) {
+  for (int l = 0; l < kPack; ++l) lanes[l] = l < n ? in[l] : -kInf;
+  return load_pack(lanes);
+}
+
+[[gnu::always_inline]] inline void store_partial_pack(FloatPack v, int n, float* out) {
+#pragma omp simd
+  for (int l = 0; l < kPack; ++l) {
     if (l < n) out[l] = v[l];  // a masked store
   }
 }
 
-[[gnu::always_inline]] inline RowScan<float> scan_short_row(const float* z, int n, float* exps) {
-  const FloatPack x = load_short_row(z, n);
-  const IntPack in_row = kLane < n;
-  // Inlined, as every function taking packs must be (exp_pack.h).
-  const auto add = [](auto a, auto b) __attribute__((always_inline)) { return a + b; };
-  const auto max = [](auto a, auto b) __attribute__((always_inline)) { return a > b ? a : b; };
-  const auto min = [](auto a, auto b) __attribute__((always_inline)) { return a < b ? a : b; };
+template <bool kStoreExps>
+[[gnu::always_inline]] inline RowScan<float> scan_packed_row(const float* z, int64_t n, float* exps,
+                                                             const float* next_row) {
+  const int64_t whole = n - n % kPack;  // columns in whole packs
+  const int tail = static_cast<int>(n - whole);
+  const IntPack tail_lanes = kLane < tail;
+
+  // Per lane: the max, and the column of its first occurrence (a strictly greater value moves
+  // it), from which the row's first argmax follows; and the logit sum.
+  FloatPack lane_max = FloatPack{} - kInf, sum{};
+  IntPack lane_argmax{};
+  const auto push = [&](FloatPack x, FloatPack x_or_zero, int64_t c) __attribute__((always_inline)) {
+    const IntPack above = x > lane_max;
+    lane_max = above ? x : lane_max;
+    lane_argmax = above ? kLane + static_cast<int32_t>(c) : lane_argmax;
+    sum += x_or_zero;
+  };
+  for (int64_t c = 0; c < whole; c += kPack) {
+    const FloatPack x = load_pack(z + c);
+    push(x, x, c);
+  }
+  if (tail) {
+    const FloatPack x = load_partial_pack(z + whole, tail);
+    push(x, tail_lanes ? x : FloatPack{}, whole);
+  }
 
   RowScan<float> out;
-  out.sum = all_lanes(in_row ? x : FloatPack{}, add)[0];
-  // Every lane holds the max; the padding (-inf) never beats a logit, nor matches a finite max.
-  const FloatPack row_max = all_lanes(x, max);
+  out.sum = all_lanes(sum, kAdd)[0];
+  const FloatPack row_max = all_lanes(lane_max, kMax);
   if (poisons_row(out.sum, row_max[0])) {
     out.stats.poison();
     return out;
   }
-  // The padding's exp(-inf - max) is clamped, never NaN: computed, then masked out.
-  const FloatPack e = in_row ? exp_nonpositive(x - row_max) : FloatPack{};
   out.stats.max = row_max[0];
-  out.stats.argmax = all_lanes(x == row_max ? kLane : IntPack{} + kShortRow, min)[0];
-  out.stats.sumexp = all_lanes(e, add)[0];
-  if (exps) store_short_row(e, n, exps);
+  // Lanes that never held the max (-inf padding included) offer n: never the minimum.
+  out.stats.argmax = all_lanes(lane_max == row_max ? lane_argmax : IntPack{} + static_cast<int32_t>(n), kMin)[0];
+
+  // This loop computes while the first one waited on memory: it fetches the next row, a cache
+  // line (a pack) an iteration, so that the next row's first loop finds it in cache.
+  const float* ahead = next_row ? next_row : z;
+  FloatPack sumexp{};
+  for (int64_t c = 0; c < whole; c += kPack) {
+    __builtin_prefetch(ahead + c);
+    const FloatPack e = exp_nonpositive(load_pack(z + c) - row_max);
+    sumexp += e;
+    if constexpr (kStoreExps) store_pack(e, exps + c);
+  }
+  if (tail) {
+    // The padding's exp(-inf - max) is clamped, never NaN: computed, then masked out.
+    const FloatPack e = tail_lanes ? exp_nonpositive(load_partial_pack(z + whole, tail) - row_max) : FloatPack{};
+    sumexp += e;
+    if constexpr (kStoreExps) store_partial_pack(e, tail, exps + whole);
+  }
+  out.stats.sumexp = all_lanes(sumexp, kAdd)[0];
   return out;
+}
+
+// out[c] = scale * f(in[c]) + constant + g's terms at the argmax and the target (see grad_row).
+template <class F>
+[[gnu::always_inline]] inline void packed_grad_row(const float* in, int64_t n, float scale, const RowGrad<float>& g,
+                                                   float* out, F f) {
+  const int64_t whole = n - n % kPack;
+  const int tail = static_cast<int>(n - whole);
+  for (int64_t c = 0; c < whole; c += kPack) store_pack(scale * f(load_pack(in + c)) + g.constant, out + c);
+  if (tail) {
+    // The point terms that fall in this pack are added in it: reading back a lane of a masked
+    // store would stall on the store. (Indices relative to the pack; the others match no lane.)
+    const FloatPack zero{};
+    const FloatPack y = scale * f(load_partial_pack(in + whole, tail)) + g.constant +
+                        (kLane == static_cast<int32_t>(g.argmax - whole) ? g.at_max : zero) +
+                        (kLane == static_cast<int32_t>(g.target - whole) ? g.at_target : zero);
+    store_partial_pack(y, tail, out + whole);
+  }
+  if (g.argmax < whole) out[g.argmax] += g.at_max;
+  if (g.target >= 0 && g.target < whole) out[g.target] += g.at_target;
 }
 
 #endif  // RANKMIXUP_FLOAT_PACKS
 
 template <class T>
-[[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n, T* exps) {
+[[gnu::always_inline]] inline RowScan<T> scan_row_body(const T* z, int64_t n, T* exps, const T* next_row) {
   // float64 rows are not packed (the library exp does not vectorise): the general loops.
 #ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
-    if (n <= kShortRow) return scan_short_row(z, static_cast<int>(n), exps);
+    return exps ? scan_packed_row<true>(z, n, exps, next_row) : scan_packed_row<false>(z, n, exps, next_row);
   }
 #endif
-  return exps ? scan_long_row<T, true>(z, n, exps) : scan_long_row<T, false>(z, n, exps);
+  return exps ? scan_simd_row<T, true>(z, n, exps) : scan_simd_row<T, false>(z, n, exps);
 }
 
 // out[c] = scale * f(in[c]) + constant + g's terms at the argmax and the target, over a row;
@@ -141,15 +206,8 @@ template <class T, class F>
 [[gnu::always_inline]] inline void grad_row(const T* in, int64_t n, T scale, const RowGrad<T>& g, T* out, F f) {
 #ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
-    if (n <= kShortRow) {  // one pack, as in scan_short_row, the point terms added in it too
-      const int cols = static_cast<int>(n);
-      const FloatPack zero{};
-      const FloatPack y = scale * f(load_short_row(in, cols)) + g.constant +
-                          (kLane == static_cast<int32_t>(g.argmax) ? g.at_max : zero) +
-                          (kLane == static_cast<int32_t>(g.target) ? g.at_target : zero);
-      store_short_row(y, cols, out);
-      return;
-    }
+    packed_grad_row(in, n, scale, g, out, f);
+    return;
   }
 #endif
   const T constant = g.constant;
@@ -176,8 +234,8 @@ template <class T>
 
 }  // namespace
 
-RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* exps) {
-  return scan_row_body(z, n, exps);
+RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* exps, const float* next_row) {
+  return scan_row_body(z, n, exps, next_row);
 }
 
 RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out) {
@@ -190,7 +248,9 @@ RANKMIXUP_ISA_CLONES void finish_grad_row(const float* exps, int64_t n, const Ro
 }
 
 // float64 uses the library exp, which does not vectorise: one version is all it needs.
-RowScan<double> scan_row(const double* z, int64_t n, double* exps) { return scan_row_body(z, n, exps); }
+RowScan<double> scan_row(const double* z, int64_t n, double* exps, const double* next_row) {
+  return scan_row_body(z, n, exps, next_row);
+}
 
 void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out) {
   write_grad_row_body(z, n, lse, g, out);

@@ -19,8 +19,10 @@ struct RowScan {
 // Statistics and logit sum of the row z[0..n) (n >= 1); a row that poisons_row comes back
 // poisoned (RowStats::poison). If `exps` is not null, any other row also leaves
 // exps[c] = exp(z[c] - max) there, for finish_grad_row (a poisoned one leaves it untouched).
-RowScan<float> scan_row(const float* z, int64_t n, float* exps = nullptr);
-RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr);
+// `next_row`, if not null, is the row of n values the caller scans next: the float version
+// fetches it into cache meanwhile.
+RowScan<float> scan_row(const float* z, int64_t n, float* exps = nullptr, const float* next_row = nullptr);
+RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr, const double* next_row = nullptr);
 
 // out[c] = d loss / d z_c for the row z[0..n) with log-sum-exp `lse` (see RowGrad).
 void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out);

@@ -21,6 +21,12 @@ class StridedRows {
 
   bool needs_scratch() const { return !std::is_same_v<scalar_t, acc_t> || col_stride_ != 1; }
 
+  // Row r in place, or null when it needs scratch (what a caller may prefetch).
+  const acc_t* in_place(int64_t r) const {
+    if (needs_scratch()) return nullptr;
+    return reinterpret_cast<const acc_t*>(data_ + r * row_stride_);  // acc_t is scalar_t here
+  }
+
   // Row r, as `cols` contiguous acc_t; `scratch` (room for one row) is used only if needed.
   const acc_t* row(int64_t r, acc_t* scratch) const {
     const scalar_t* src = data_ + r * row_stride_;  // int64 offsets: rows * C may pass 2^31
