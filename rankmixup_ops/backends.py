@@ -91,7 +91,8 @@ def _load(name: str):
 
 
 def available_backends() -> dict[str, BackendStatus]:
-    """Every backend this package knows, whether this install has it, and why not if not.
+    """Every backend this package knows, whether this install has it (and why not if not), and
+    for an installed one, which tensors it runs on.
 
     >>> available_backends()["reference"]
     BackendStatus(available=True, reason='pure PyTorch, always available')
@@ -104,8 +105,17 @@ def available_backends() -> dict[str, BackendStatus]:
         elif name == "reference":
             statuses[name] = BackendStatus(True, "pure PyTorch, always available")
         else:
-            statuses[name] = BackendStatus(True, "available")
+            statuses[name] = BackendStatus(True, _serves(loaded))
     return statuses
+
+
+def _serves(backend) -> str:
+    """'installed; runs on cuda tensors (no CUDA device is visible)', and the like."""
+    devices = [kind for kind in ("cpu", "cuda") if backend.unsupported(torch.device(kind)) is None]
+    reason = f"installed; runs on {' and '.join(devices) or 'no'} tensors"
+    if "cuda" in devices and not torch.cuda.is_available():
+        reason += " (no CUDA device is visible)"
+    return reason
 
 
 @functools.cache

@@ -70,6 +70,11 @@ def test_available_backends_explains_itself():
     assert statuses["reference"].available
     for name, status in statuses.items():
         assert isinstance(status.reason, str) and status.reason
+    if statuses["cpu"].available:
+        assert statuses["cpu"].reason == "installed; runs on cpu tensors"
+    if statuses["cuda"].available:
+        assert "runs on cuda tensors" in statuses["cuda"].reason
+        assert ("no CUDA device is visible" in statuses["cuda"].reason) == (not torch.cuda.is_available())
 
 
 def test_unavailable_backend_says_why():
