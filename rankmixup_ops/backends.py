@@ -130,6 +130,13 @@ def _warn_fallback(device_type: str) -> None:
     )
 
 
+def check_name(fn: str, backend) -> str:
+    """``backend`` if it is ``"auto"`` or a backend's name (installed or not), else ValueError."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
 def resolve(fn: str, backend: str, device: torch.device):
     """The backend object that will run a call on ``device``; raises ValueError for unknown
     names and BackendUnavailable for a named backend that cannot run here."""
@@ -145,8 +152,7 @@ _CHOSEN: dict[tuple[str, torch.device], str] = {}
 # only on these constant arguments, so under torch.compile it runs once, at trace time.
 @torch.compiler.assume_constant_result
 def _choose(fn: str, backend: str, device: torch.device) -> str:
-    if backend != "auto" and backend not in BACKENDS:  # before the lookup: backend may be unhashable
-        raise ValueError(f"{fn}: backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    check_name(fn, backend)  # before the lookup: backend may be unhashable
     key = (backend, device)
     if key not in _CHOSEN:
         _CHOSEN[key] = _pick(fn, backend, device)

@@ -7,6 +7,7 @@ from torch import nn
 
 from . import _checks as check
 from ._types import LossOutput, MixupBatch
+from .backends import check_name
 from .functional import rankmixup_loss
 from .mixup import mixup
 
@@ -44,7 +45,7 @@ class RankMixupLoss(nn.Module):
         self.label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
         self.reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
         self.validate = check.flag(fn, "validate", validate)
-        self.backend = backend
+        self.backend = check_name(fn, backend)
 
     def forward(self, logits, mix_logits, targets, lam, index) -> LossOutput:
         return rankmixup_loss(
@@ -90,7 +91,7 @@ class Mixup(nn.Module):
         self.alpha = check.real("Mixup", "alpha", alpha)
         self.per_sample = check.flag("Mixup", "per_sample", per_sample)
         self.generator = generator
-        self.backend = backend
+        self.backend = check_name("Mixup", backend)
 
     def forward(self, x: torch.Tensor) -> MixupBatch:
         return mixup(

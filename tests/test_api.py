@@ -109,6 +109,8 @@ def test_loss_module_matches_function_and_checks_at_construction():
     assert "mode='mrl'" in repr(criterion)
     with pytest.raises(ValueError, match="reduction"):
         rmx.RankMixupLoss(reduction="avg")
+    with pytest.raises(ValueError, match="RankMixupLoss: backend must be 'auto' or one of"):
+        rmx.RankMixupLoss(backend="gpu")  # the name at construction; availability at the call
 
 
 # --- bad input: every path raises a clear ValueError/TypeError naming the argument ----------
@@ -214,6 +216,7 @@ BAD_MIX_INPUTS = [
     ("soft num_classes", lambda: rmx.soft_targets(torch.zeros(B, dtype=torch.int64), torch.ones(1), torch.zeros(1, B, dtype=torch.int64), 0), ValueError, "num_classes must be >= 1"),
     ("soft targets", lambda: rmx.soft_targets(torch.zeros(B), torch.ones(1), torch.zeros(1, B, dtype=torch.int64), 3), TypeError, "targets must be an integer"),
     ("module num_mix", lambda: rmx.Mixup(num_mix=0), ValueError, "num_mix must be >= 1"),
+    ("module backend", lambda: rmx.Mixup(backend="gpu"), ValueError, "Mixup: backend must be 'auto' or one of"),
 ]
 
 
