@@ -80,7 +80,8 @@ def openmp_flags() -> list[str]:
 def extension():
     cuda_sources = sources("cuda/*.cu")
     with_cuda = build_cuda(cuda_sources)
-    # -fno-trapping-math: lets GCC vectorise the float->int step of the row kernels' exp.
+    # -fno-trapping-math: the row kernels never rely on FP exceptions, and without them GCC
+    # if-converts more of their selects (it changes the AVX2 and SSE2 versions of the loops).
     # -Wno-psabi: GCC notes that 64-byte vector arguments change ABI without AVX-512; the row
     # kernels' packs only cross inline calls inside row_ops.cpp, never between ISAs.
     cxx_flags = ["/O2"] if sys.platform == "win32" else ["-O3", "-fno-trapping-math", "-Wno-psabi"]

@@ -21,8 +21,9 @@ Operators (schemas in csrc/ops.cpp):
   loss + loss_backward (read; read, write), so CUDA keeps the two ops. The price on the CPU: two
   logits-sized buffers live from forward to backward.
 - ``scale_grads_(grad_logits, grad_mix_logits, grad_loss, targets, ignore_index) -> ()``: that
-  scaling by ``grad_output``, in place, with the rows of ignored samples set to zero whatever
-  ``grad_output`` holds (CPU).
+  scaling by ``grad_output``, in place, with the rows of ignored samples kept zero whatever
+  ``grad_output`` holds; rows whose factor is exactly 1 stay as ``loss_with_grad`` wrote them
+  (CPU).
 - ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
   (a CPU kernel; an ATen composite on other devices, and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.

@@ -345,3 +345,13 @@ def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
         torch.ops.rankmixup.loss_backward(torch.ones(()), logits, narrow, targets, row_coefs, row_argmax, -100)
     with pytest.raises(RuntimeError, match="targets must be int64"):
         torch.ops.rankmixup.loss_backward(torch.ones(()), logits, mix_logits, targets.int(), row_coefs, row_argmax, -100)
+    # Forged columns: the CPU kernels write at a row's argmax and target.
+    for forged in (-1, classes, -10**8):
+        bad_argmax = row_argmax.clone()
+        bad_argmax[1, 2] = forged
+        with pytest.raises(RuntimeError, match="row_argmax must be the loss op's own output"):
+            torch.ops.rankmixup.loss_backward(torch.ones(()), logits, mix_logits, targets, row_coefs, bad_argmax, -100)
+        bad_targets = targets.clone()
+        bad_targets[0] = forged
+        with pytest.raises(RuntimeError, match="is outside"):
+            torch.ops.rankmixup.loss_backward(torch.ones(()), logits, mix_logits, bad_targets, row_coefs, row_argmax, -100)

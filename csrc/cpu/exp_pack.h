@@ -13,9 +13,16 @@ namespace rankmixup::cpu {
 // use the calling convention of that copy's ISA, not of the caller's clone (row_ops.cpp).
 #define RANKMIXUP_PACK_INLINE [[gnu::always_inline]] inline
 
-// The bit casts exp_nonpositive needs, for a float and (below) for a pack.
-RANKMIXUP_PACK_INLINE int32_t bits_of(float x) { return std::bit_cast<int32_t>(x); }
-RANKMIXUP_PACK_INLINE float float_from_bits(int32_t n) { return std::bit_cast<float>(n); }
+// exp_nonpositive rounds by adding and subtracting a constant, which -ffast-math (reassociation)
+// would fold away.
+#if defined(__FAST_MATH__) || defined(__ASSOCIATIVE_MATH__)
+#error "csrc/cpu/exp_pack.h must not be compiled with -ffast-math or -fassociative-math"
+#endif
+
+// The bit casts exp_nonpositive needs, for a float and (below) for a pack; unsigned, so that
+// the exponent arithmetic on them wraps rather than overflows (a NaN's bits may be anything).
+RANKMIXUP_PACK_INLINE uint32_t bits_of(float x) { return std::bit_cast<uint32_t>(x); }
+RANKMIXUP_PACK_INLINE float float_from_bits(uint32_t n) { return std::bit_cast<float>(n); }
 
 // 16 floats (64 bytes) as one value, in the vector extension of Clang and GCC 12+ (which has
 // __builtin_shufflevector): the compiler maps it to one AVX-512 register, two AVX2 or four SSE2
@@ -24,14 +31,15 @@ RANKMIXUP_PACK_INLINE float float_from_bits(int32_t n) { return std::bit_cast<fl
 #define RANKMIXUP_FLOAT_PACKS 1
 using FloatPack = float __attribute__((vector_size(64)));
 using IntPack = int32_t __attribute__((vector_size(64)));  // its lane indices and masks
+using BitsPack = uint32_t __attribute__((vector_size(64)));
 
-RANKMIXUP_PACK_INLINE IntPack bits_of(FloatPack x) { return std::bit_cast<IntPack>(x); }
-RANKMIXUP_PACK_INLINE FloatPack float_from_bits(IntPack n) { return std::bit_cast<FloatPack>(n); }
+RANKMIXUP_PACK_INLINE BitsPack bits_of(FloatPack x) { return std::bit_cast<BitsPack>(x); }
+RANKMIXUP_PACK_INLINE FloatPack float_from_bits(BitsPack n) { return std::bit_cast<FloatPack>(n); }
 #endif
 
 // exp(x) for x <= 0, to ~1 ulp, for a float or a vector-extension pack of them: 2^n * exp(r)
 // with n = round(x / ln2) and r = x - n ln2 in [-ln2/2, ln2/2], exp(r) a degree-6 minimax
-// polynomial (relative error 4e-9 before rounding): about 15 vector instructions. Results
+// polynomial (relative error 6e-9 with its float coefficients): about 15 vector instructions. Results
 // below FLT_MIN (x < -87.3) come out as FLT_MIN-sized values, not denormals: they only ever add
 // to a sum that holds a 1, or scale a probability that is then below every tolerance. A NaN
 // stays NaN.
@@ -54,7 +62,7 @@ RANKMIXUP_PACK_INLINE V exp_nonpositive(V x) {
   p = p * r + 1.0f;
   // 2^n: n + 127 in the exponent field. The shift drops t's own exponent bits, since n + 127
   // fits the 9 low bits.
-  return p * float_from_bits((bits_of(t) + 127) << 23);
+  return p * float_from_bits((bits_of(t) + 127u) << 23);
 }
 
 // float64 keeps the library exp: exactness over speed for the dtype chosen for exactness.

@@ -261,10 +261,28 @@ void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const T
   });
 }
 
+// The row kernels write at the argmax and the target of a row: a direct call with forged
+// row_argmax or targets would write outside it. (CUDA compares every column with them instead.)
+void check_backward_columns(const Tensor& targets, const Tensor& argmaxes, int64_t num_classes, int64_t ignore_index) {
+  const int64_t* argmax = argmaxes.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < argmaxes.numel(); ++i) {
+    TORCH_CHECK(argmax[i] >= 0 && argmax[i] < num_classes,
+                "rankmixup::loss_backward: row_argmax must be the loss op's own output (", argmax[i],
+                " is not a column)");
+  }
+  const Tensor t = targets.contiguous();
+  const int64_t* y = t.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < t.numel(); ++b) {
+    TORCH_CHECK(y[b] == ignore_index || (y[b] >= 0 && y[b] < num_classes), "rankmixup::loss_backward: target ",
+                y[b], " of sample ", b, " is outside [0, ", num_classes, ") and is not ignore_index=", ignore_index);
+  }
+}
+
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,
                                              const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
                                              const Tensor& argmaxes, int64_t ignore_index) {
   check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes);
+  check_backward_columns(targets, argmaxes, logits.size(1), ignore_index);
   const Tensor g = grad_loss.to(coefs.scalar_type()).contiguous();
   Tensor grad_logits = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor grad_mix = at::empty(mix_logits.sizes(), grad_logits.options());

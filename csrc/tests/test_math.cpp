@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -67,6 +68,26 @@ void test_vector_exp() {
   expect_near(scan.sum, 5.5, 1e-7, "scan_row sum");
   z[2] = NAN;
   expect_near(std::isnan(cpu::scan_row(z.data(), 5).stats.lse()), 1, 0, "non-finite row poisons lse");
+  // Rows of one partial pack and of several packs with a masked class (-inf), signed zeros as
+  // the tied max, and a non-finite value in the last pack (poisons) or in a whole one.
+  for (int n : {5, 40}) {
+    std::vector<float> row(n, -1.0f);
+    row[1] = -std::numeric_limits<float>::infinity();
+    row[2] = -0.0f;
+    row[n - 1] = 0.0f;
+    const cpu::RowScan<float> masked = cpu::scan_row(row.data(), n);
+    expect_near(static_cast<double>(masked.stats.argmax), 2, 0, "-0.0 and 0.0 tie: the first wins");
+    expect_near(masked.stats.sumexp, 2 + (n - 3) * std::exp(-1.0), 1e-6, "a -inf logit adds nothing");
+    for (float bad : {NAN, INFINITY}) {
+      for (int at : {0, n - 1}) {
+        std::vector<float> poisoned = row;
+        poisoned[at] = bad;
+        expect_near(std::isnan(cpu::scan_row(poisoned.data(), n).stats.lse()), 1, 0, "NaN/+inf poisons the row");
+      }
+    }
+    const std::vector<float> all_masked(n, -std::numeric_limits<float>::infinity());
+    expect_near(std::isnan(cpu::scan_row(all_masked.data(), n).stats.lse()), 1, 0, "an all--inf row poisons");
+  }
 #ifdef RANKMIXUP_FLOAT_PACKS
   // The pack exp is the scalar one, lane by lane.
   cpu::FloatPack xs;
