@@ -355,3 +355,27 @@ def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
         bad_targets[0] = forged
         with pytest.raises(RuntimeError, match="is outside"):
             torch.ops.rankmixup.loss_backward(torch.ones(()), logits, mix_logits, bad_targets, row_coefs, row_argmax, -100)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_bfloat16_rows_convert_as_torch_does(classes):
+    """bfloat16 rows are widened and the backward's gradients rounded by the kernels' own loops:
+    the gradients must be, bit for bit, the float32 path's on the same (exactly widened) logits,
+    rounded by torch (ties to even), and NaN where those are. (NaN bits differ: the kernels write
+    c10::BFloat16's 0x7FC0, as the scalar conversion they replace did; torch's vectorised one
+    keeps the sign and payload.)"""
+    logits, mix_logits, targets, rel = problem(16, 2, classes, dtype=torch.bfloat16, ignore="none", seed=23)
+    mix_logits[5, 3] = float("nan")
+    args = (targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    grad_loss = torch.tensor(0.7)
+    low = torch.ops.rankmixup.loss(logits, mix_logits, *args)
+    grads_low = torch.ops.rankmixup.loss_backward(grad_loss, logits, mix_logits, targets, low[3], low[4], -100)
+    wide = (logits.float(), mix_logits.float())
+    high = torch.ops.rankmixup.loss(*wide, *args)
+    torch.testing.assert_close(low[:4], high[:4], rtol=0, atol=0, equal_nan=True)
+    grads_high = torch.ops.rankmixup.loss_backward(grad_loss, *wide, targets, high[3], high[4], -100)
+    for got, want in zip(grads_low, grads_high):
+        nan = want.isnan()
+        assert nan.any() and torch.equal(got.isnan(), nan)
+        assert got.view(torch.int16)[nan].eq(0x7FC0).all()
+        assert torch.equal(got.view(torch.int16)[~nan], want.to(torch.bfloat16).view(torch.int16)[~nan])

@@ -254,7 +254,12 @@ void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const T
           write_grad_row(z, num_classes, lse, row_grad, out);
         } else {
           write_grad_row(z, num_classes, lse, row_grad, grad_scratch.data());
-          std::copy_n(grad_scratch.data(), num_classes, out);  // one rounding to scalar_t
+          // One rounding to scalar_t (bfloat16: a vectorised loop of the same rounding).
+          if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+            narrow_to_bfloat16_row(grad_scratch.data(), num_classes, reinterpret_cast<uint16_t*>(out));
+          } else {
+            std::copy_n(grad_scratch.data(), num_classes, out);
+          }
         }
       }
     }

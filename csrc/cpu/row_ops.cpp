@@ -10,6 +10,7 @@
 #include "row_ops.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -245,6 +246,20 @@ RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, c
 RANKMIXUP_ISA_CLONES void finish_grad_row(const float* exps, int64_t n, const RowStats<float>& stats,
                                           const RowGrad<float>& g, float* out) {
   finish_grad_row_body(exps, n, stats, g, out);
+}
+
+RANKMIXUP_ISA_CLONES void widen_bfloat16_row(const uint16_t* in, int64_t n, float* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = std::bit_cast<float>(static_cast<uint32_t>(in[c]) << 16);
+}
+
+RANKMIXUP_ISA_CLONES void narrow_to_bfloat16_row(const float* in, int64_t n, uint16_t* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const uint32_t bits = std::bit_cast<uint32_t>(in[c]);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    out[c] = in[c] != in[c] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  }
 }
 
 // float64 uses the library exp, which does not vectorise: one version is all it needs.

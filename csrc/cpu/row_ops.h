@@ -35,4 +35,9 @@ void finish_grad_row(const float* exps, int64_t n, const RowStats<float>& stats,
 void finish_grad_row(const double* exps, int64_t n, const RowStats<double>& stats, const RowGrad<double>& g,
                      double* out);
 
+// bfloat16 rows, as their bits, to and from float: widening is exact; narrowing rounds to
+// nearest even and turns a NaN into 0x7FC0, bit for bit as c10::BFloat16 does.
+void widen_bfloat16_row(const uint16_t* in, int64_t n, float* out);
+void narrow_to_bfloat16_row(const float* in, int64_t n, uint16_t* out);
+
 }  // namespace rankmixup::cpu

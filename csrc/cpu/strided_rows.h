@@ -5,9 +5,12 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
 #include <type_traits>
+
+#include "row_ops.h"
 
 namespace rankmixup::cpu {
 
@@ -32,6 +35,12 @@ class StridedRows {
     const scalar_t* src = data_ + r * row_stride_;  // int64 offsets: rows * C may pass 2^31
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       if (col_stride_ == 1) return src;
+    }
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {  // autocast's CPU dtype: the fast path
+      if (col_stride_ == 1) {
+        widen_bfloat16_row(reinterpret_cast<const uint16_t*>(src), cols_, scratch);
+        return scratch;
+      }
     }
     for (int64_t c = 0; c < cols_; ++c) scratch[c] = static_cast<acc_t>(src[c * col_stride_]);
     return scratch;
