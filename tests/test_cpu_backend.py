@@ -58,10 +58,11 @@ def test_loss_options(mode, score, ce_weight, label_smoothing, ignore):
         close(run(CPU, *prob, opts), run(reference_backend(), *prob, opts))
 
 
+@pytest.mark.parametrize("classes", [10, 23])  # scanned a block of samples at a time, and row by row
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_loss_any_strides(layout, dtype):
-    logits, mix_logits, targets, rel = problem(6, 3, 23, dtype=dtype, seed=3)
+def test_loss_any_strides(layout, dtype, classes):
+    logits, mix_logits, targets, rel = problem(19, 3, classes, dtype=dtype, seed=3)
     opts = options("mrl", "prob", "none")
     expected = run(CPU, logits, mix_logits, targets, rel, opts)
     actual = run(CPU, strided(logits, layout), strided(mix_logits, layout), targets, rel[:, :], opts)
@@ -69,6 +70,28 @@ def test_loss_any_strides(layout, dtype):
         assert torch.equal(a, e)  # the layout changes no arithmetic
     rel_t = rel.t().contiguous().t()  # rel (K, B) non-contiguous too
     assert torch.equal(run(CPU, logits, mix_logits, targets, rel_t, opts)[0], expected[0])
+
+
+@pytest.mark.parametrize("classes", [1, 10, 16, 17])
+@pytest.mark.parametrize("mode,score", RANKINGS)
+def test_loss_blocks_of_samples(mode, score, classes):
+    """Rows of up to 16 classes are scanned 16 samples at a time, one sample per vector lane
+    (C=17 is the first the row-by-row scan takes): whole and partial blocks, a batch that two
+    threads split at a sample which is no block boundary (B=300: at 150), masked classes (-inf)
+    and ignored samples among them all match the reference."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for batch in (37, 300):
+            logits, mix_logits, targets, rel = problem(batch, 2, classes, seed=batch + classes)
+            if classes > 1:  # targets are below C // 2: the last class is never one
+                logits[::5, -1] = mix_logits[::3, -1] = float("-inf")
+            for reduction in REDUCTIONS:
+                opts = options(mode, score, reduction)
+                prob = (logits, mix_logits, targets, rel)
+                close(run(CPU, *prob, opts), run(reference_backend(), *prob, opts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

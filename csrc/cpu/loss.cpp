@@ -1,8 +1,9 @@
 // Fused RankMixup loss on the CPU: one task per sample over its K+1 rows, parallel over
-// samples, vectorised over classes. The forward reads each row once and keeps, per row, the
-// few numbers its gradient needs. Autograd calls loss_with_grad, which also writes each row's
-// gradient from the exps of that same read (the CPU is bound by the exp, one per logit, not by
-// memory); the backward op, which reads each row once more, serves calls that need it.
+// samples, vectorised over classes (over 16 samples at a time where rows have at most 16
+// classes). The forward reads each row once and keeps, per row, the few numbers its gradient
+// needs. Autograd calls loss_with_grad, which also writes each row's gradient from the exps of
+// that same read (the CPU is bound by the exp, one per logit, not by memory); the backward op,
+// which reads each row once more, serves calls that need it.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "op_args.h"
@@ -78,12 +80,22 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
   acc_t* coef = coefs.data_ptr<acc_t>();
   int64_t* argmax = argmaxes.data_ptr<int64_t>();
 
+  // Rows of at most kBlockRows columns are scanned a block of samples at a time, in every layout
+  // and float dtype alike (so that the layout never changes the arithmetic); float64 rows and
+  // longer ones, one by one.
+  constexpr bool kFloatRows = std::is_same_v<acc_t, float>;
+  const bool by_block = kFloatRows && num_classes <= kBlockRows;
+
   at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(raw_rows.needs_scratch() || mix_rows.needs_scratch() ? num_classes : 0);
     std::vector<RowStats<acc_t>> stats(num_mix + 1);
     std::vector<RowGrad<acc_t>> grads(num_mix + 1);
+    // By block: list entry r of sample first + i scanned at r * kBlockRows + i.
+    std::vector<RowScan<acc_t>> block_scans(by_block ? (num_mix + 1) * kBlockRows : 0);
+    std::vector<acc_t> block_scratch(by_block ? kBlockRows * num_classes : 0);
     // List entry r of sample b: its gradient row, which first holds its exps (null: no gradient).
+    // The rows of consecutive samples follow each other.
     const auto grad_row = [&](int64_t b, int64_t r) -> acc_t* {
       if (!grad.wanted()) return nullptr;
       return r == 0 ? grad.raw + b * num_classes : grad.mix + ((r - 1) * batch + b) * num_classes;
@@ -93,32 +105,52 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
       if (r < num_mix) return mix_rows.in_place(r * batch + b);
       return b + 1 < end ? raw_rows.in_place(b + 1) : nullptr;
     };
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t target = y[b * targets.stride(0)];
-      if (target == ignore_index) {  // its logits are never read; its gradient is exactly 0
-        for (int64_t r = 0; r <= num_mix; ++r) {
-          pack_row(RowGrad<acc_t>{}, acc_t(0), coef + (r * batch + b) * kRowCoefs);
-          argmax[r * batch + b] = 0;
-          if (grad.wanted()) std::fill_n(grad_row(b, r), num_classes, acc_t(0));
+    for (int64_t first = begin; first < end; first += kBlockRows) {
+      const int64_t last = std::min(end, first + kBlockRows);
+      if constexpr (kFloatRows) {
+        if (by_block) {
+          const int64_t rows = last - first;
+          scan_row_block(raw_rows.packed_rows(first, rows, block_scratch.data()), rows, num_classes,
+                         grad_row(first, 0), block_scans.data());
+          for (int64_t k = 0; k < num_mix; ++k) {
+            scan_row_block(mix_rows.packed_rows(k * batch + first, rows, block_scratch.data()), rows, num_classes,
+                           grad_row(first, 1 + k), block_scans.data() + (1 + k) * kBlockRows);
+          }
         }
-        continue;
       }
-      const acc_t* z = raw_rows.row(b, scratch.data());
-      const RowScan<acc_t> raw = scan_row(z, num_classes, grad_row(b, 0), next_row(b, 0));
-      const acc_t z_target = z[target];
-      stats[0] = raw.stats;
-      for (int64_t k = 0; k < num_mix; ++k) {
-        stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k),
-                                next_row(b, 1 + k)).stats;
-      }
-      const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
-                                                 rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
-      out.ce[b] = loss.ce;
-      out.rank[b] = loss.rank;
-      for (int64_t r = 0; r <= num_mix; ++r) {
-        pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
-        argmax[r * batch + b] = stats[r].argmax;
-        if (acc_t* row = grad_row(b, r)) finish_grad_row(row, num_classes, stats[r], grads[r], row);
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t target = y[b * targets.stride(0)];
+        if (target == ignore_index) {  // whatever was scanned, its gradient is exactly 0
+          for (int64_t r = 0; r <= num_mix; ++r) {
+            pack_row(RowGrad<acc_t>{}, acc_t(0), coef + (r * batch + b) * kRowCoefs);
+            argmax[r * batch + b] = 0;
+            if (grad.wanted()) std::fill_n(grad_row(b, r), num_classes, acc_t(0));
+          }
+          continue;
+        }
+        const acc_t* z = raw_rows.row(b, scratch.data());
+        const acc_t z_target = z[target];  // read before the mix rows may reuse the scratch row
+        RowScan<acc_t> raw;
+        if (by_block) {
+          raw = block_scans[b - first];
+          for (int64_t k = 0; k < num_mix; ++k) stats[1 + k] = block_scans[(1 + k) * kBlockRows + b - first].stats;
+        } else {
+          raw = scan_row(z, num_classes, grad_row(b, 0), next_row(b, 0));
+          for (int64_t k = 0; k < num_mix; ++k) {
+            stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k),
+                                    next_row(b, 1 + k)).stats;
+          }
+        }
+        stats[0] = raw.stats;
+        const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
+                                                   rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
+        out.ce[b] = loss.ce;
+        out.rank[b] = loss.rank;
+        for (int64_t r = 0; r <= num_mix; ++r) {
+          pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
+          argmax[r * batch + b] = stats[r].argmax;
+          if (acc_t* row = grad_row(b, r)) finish_grad_row(row, num_classes, stats[r], grads[r], row);
+        }
       }
     }
   });

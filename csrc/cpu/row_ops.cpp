@@ -1,7 +1,8 @@
 // The CPU kernels' row loops. float rows go in explicit packs of 16 (exp_pack.h), the
-// reductions' partial results held in registers; float64 rows (and float rows where the
-// compiler has no packs) in loops written so the compiler vectorises them: no branches in the
-// bodies, reductions declared to OpenMP SIMD. They are nearly all of the loss's time at large C
+// reductions' partial results held in registers (rows of at most 16 columns 16 rows at a time,
+// one per lane: scan_row_block); float64 rows (and float rows where the compiler has no packs)
+// in loops written so the compiler vectorises them: no branches in the bodies, reductions
+// declared to OpenMP SIMD. They are nearly all of the loss's time at large C
 // (an exp per logit), so on x86-64 with GCC the float versions are compiled three times —
 // AVX-512, AVX2+FMA and the baseline SSE2 — and the loader picks the best the CPU has
 // (function multiversioning, resolved once through an ifunc). The build itself keeps targeting
@@ -71,6 +72,7 @@ template <class T, bool kStoreExps>
 // partial pack is loaded padded with -inf (no max; an exp that is then masked out). A row of up
 // to 16 columns (CIFAR-10 has 10 classes) is that one partial pack.
 constexpr int kPack = 16;
+static_assert(kPack == kBlockRows, "scan_row_block puts a block's rows in one pack's lanes");
 constexpr IntPack kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -188,6 +190,95 @@ template <class F>
   if (g.target >= 0 && g.target < whole) out[g.target] += g.at_target;
 }
 
+
+// A 16 x 16 matrix held as 16 packs (its rows), transposed in place: swap_blocks<b> swaps the
+// off-diagonal b x b blocks of every 2b x 2b block, one two-source shuffle per row, and b = 8,
+// 4, 2, 1 in turn transpose the whole.
+template <int b>
+[[gnu::always_inline]] inline void swap_blocks(FloatPack* m) {
+#pragma GCC unroll 16
+  for (int i = 0; i < kPack; ++i) {
+    if (i & b) continue;
+    const FloatPack top = m[i], bottom = m[i + b];  // rows i and i + b; lanes of `bottom` are 16..31
+    if constexpr (b == 8) {
+      m[i] = __builtin_shufflevector(top, bottom, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+      m[i + b] = __builtin_shufflevector(top, bottom, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    } else if constexpr (b == 4) {
+      m[i] = __builtin_shufflevector(top, bottom, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+      m[i + b] = __builtin_shufflevector(top, bottom, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    } else if constexpr (b == 2) {
+      m[i] = __builtin_shufflevector(top, bottom, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+      m[i + b] = __builtin_shufflevector(top, bottom, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    } else {
+      static_assert(b == 1);
+      m[i] = __builtin_shufflevector(top, bottom, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+      m[i + b] = __builtin_shufflevector(top, bottom, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    }
+  }
+}
+
+[[gnu::always_inline]] inline void transpose(FloatPack* m) {
+  swap_blocks<8>(m);
+  swap_blocks<4>(m);
+  swap_blocks<2>(m);
+  swap_blocks<1>(m);
+}
+
+// The rows are loaded as packs and transposed, so that pack c holds column c of every row:
+// the reductions over a row become lane-wise operations over the columns, and the exps of 16
+// rows are computed at once. The loops run to kPack with the bounds inside them, unrolled, so
+// that the 16 packs stay in registers.
+template <bool kStoreExps>
+[[gnu::always_inline]] inline void scan_block_body(const float* z, int rows, int n, float* exps,
+                                                   RowScan<float>* out) {
+  FloatPack m[kPack];
+#pragma GCC unroll 16
+  for (int i = 0; i < kPack; ++i) m[i] = i < rows ? load_partial_pack(z + i * n, n) : FloatPack{};
+  transpose(m);
+
+  // As in scan_packed_row: a strictly greater value moves the argmax, so ties keep the first.
+  FloatPack lane_max = m[0], sum = m[0];
+  IntPack lane_argmax{};
+#pragma GCC unroll 16
+  for (int c = 1; c < kPack; ++c) {
+    if (c >= n) break;
+    const IntPack above = m[c] > lane_max;
+    lane_max = above ? m[c] : lane_max;
+    lane_argmax = above ? IntPack{} + c : lane_argmax;
+    sum += m[c];
+  }
+  FloatPack sumexp{};
+#pragma GCC unroll 16
+  for (int c = 0; c < kPack; ++c) {
+    m[c] = c < n ? exp_nonpositive(m[c] - lane_max) : FloatPack{};
+    sumexp += m[c];
+  }
+  if constexpr (kStoreExps) {
+    transpose(m);
+#pragma GCC unroll 16
+    for (int i = 0; i < kPack; ++i) {
+      if (i < rows) store_partial_pack(m[i], n, exps + i * n);
+    }
+  }
+
+  alignas(64) float max_of[kPack], sum_of[kPack], sumexp_of[kPack];
+  alignas(64) int32_t argmax_of[kPack];
+  store_pack(lane_max, max_of);
+  store_pack(sum, sum_of);
+  store_pack(sumexp, sumexp_of);
+  __builtin_memcpy(argmax_of, &lane_argmax, sizeof argmax_of);
+  for (int i = 0; i < rows; ++i) {
+    out[i].sum = sum_of[i];
+    if (poisons_row(sum_of[i], max_of[i])) {
+      out[i].stats.poison();
+      continue;
+    }
+    out[i].stats.max = max_of[i];
+    out[i].stats.argmax = argmax_of[i];
+    out[i].stats.sumexp = sumexp_of[i];
+  }
+}
+
 #endif  // RANKMIXUP_FLOAT_PACKS
 
 template <class T>
@@ -237,6 +328,17 @@ template <class T>
 
 RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* exps, const float* next_row) {
   return scan_row_body(z, n, exps, next_row);
+}
+
+RANKMIXUP_ISA_CLONES void scan_row_block(const float* z, int64_t rows, int64_t n, float* exps, RowScan<float>* out) {
+#ifdef RANKMIXUP_FLOAT_PACKS
+  const auto rows32 = static_cast<int>(rows), n32 = static_cast<int>(n);  // both <= kBlockRows
+  exps ? scan_block_body<true>(z, rows32, n32, exps, out) : scan_block_body<false>(z, rows32, n32, exps, out);
+#else
+  for (int64_t i = 0; i < rows; ++i) {
+    out[i] = scan_row_body<float>(z + i * n, n, exps ? exps + i * n : nullptr, nullptr);
+  }
+#endif
 }
 
 RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out) {

@@ -24,6 +24,17 @@ struct RowScan {
 RowScan<float> scan_row(const float* z, int64_t n, float* exps = nullptr, const float* next_row = nullptr);
 RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr, const double* next_row = nullptr);
 
+// Rows with few columns (CIFAR-10 has 10 classes) are scanned kBlockRows at a time, one row per
+// vector lane: a row of one partial pack spends most of scan_row's time in the reductions
+// across lanes and in their latency, which a lane per row does without.
+constexpr int64_t kBlockRows = 16;
+
+// scan_row of `rows` (1..kBlockRows) rows of n (1..kBlockRows) columns, row i at z + i * n:
+// the same statistics for each (its sums added in another order: the last bit may differ).
+// If `exps` is not null, every row's exps go to exps + i * n (a poisoned row's are unspecified:
+// finish_grad_row does not read them).
+void scan_row_block(const float* z, int64_t rows, int64_t n, float* exps, RowScan<float>* out);
+
 // out[c] = d loss / d z_c for the row z[0..n) with log-sum-exp `lse` (see RowGrad).
 void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out);
 void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out);

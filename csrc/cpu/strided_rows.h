@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -28,6 +29,18 @@ class StridedRows {
   const acc_t* in_place(int64_t r) const {
     if (needs_scratch()) return nullptr;
     return reinterpret_cast<const acc_t*>(data_ + r * row_stride_);  // acc_t is scalar_t here
+  }
+
+  // Rows r .. r + count - 1 as `cols` contiguous acc_t each, one after the other (what
+  // scan_row_block takes): in place when the tensor is laid out so, else converted into
+  // `scratch` (room for count rows).
+  const acc_t* packed_rows(int64_t r, int64_t count, acc_t* scratch) const {
+    if (!needs_scratch() && row_stride_ == cols_) return in_place(r);
+    for (int64_t i = 0; i < count; ++i) {
+      const acc_t* src = row(r + i, scratch + i * cols_);
+      if (src != scratch + i * cols_) std::copy_n(src, cols_, scratch + i * cols_);
+    }
+    return scratch;
   }
 
   // Row r, as `cols` contiguous acc_t; `scratch` (room for one row) is used only if needed.

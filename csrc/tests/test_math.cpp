@@ -1,7 +1,8 @@
 // ctest for the torch-free math: row statistics (online and merged), the vectorised exp and row
-// scan, and the per-sample loss and gradient coefficients against finite differences.
+// scans (row by row, and a block of rows at once), and the per-sample loss and gradient coefficients against finite differences.
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <random>
@@ -131,6 +132,67 @@ void test_vector_exp() {
   }
 }
 
+// scan_row_block, one row per lane, against scan_row, row by row: for every row count and
+// column count of a block, over random rows salted with ties, signed zeros, masked classes
+// (-inf) and poisons (NaN, +inf, an all -inf row). The max, argmax and exps come out bit for
+// bit; the sums, added in another order, within rounding.
+void test_row_block(std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_int_distribution<int> salt(0, 9);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t n = 1; n <= cpu::kBlockRows; ++n) {
+    for (int64_t rows = 1; rows <= cpu::kBlockRows; ++rows) {
+      std::vector<float> z(rows * n);
+      for (float& v : z) v = normal(rng);
+      for (int64_t i = 0; i < rows; ++i) {
+        float* row = z.data() + i * n;
+        const int64_t c = i % n;
+        switch (salt(rng)) {
+          case 0: row[c] = row[n - 1] = 9.0f; break;  // a tied max: the lower column wins
+          case 1: row[c] = -0.0f; row[n - 1] = 0.0f; std::fill_n(row, c, -1.0f); break;
+          case 2: row[c] = -kInf; break;
+          case 3: row[c] = NAN; break;
+          case 4: row[c] = kInf; break;
+          case 5: std::fill_n(row, n, -kInf); break;
+          default: break;
+        }
+      }
+      std::vector<float> exps(rows * n, -1.0f), row_exps(n);
+      std::vector<cpu::RowScan<float>> block(rows);
+      cpu::scan_row_block(z.data(), rows, n, exps.data(), block.data());
+      for (int64_t i = 0; i < rows; ++i) {
+        const cpu::RowScan<float> want = cpu::scan_row(z.data() + i * n, n, row_exps.data());
+        const cpu::RowScan<float>& got = block[i];
+        const bool poisoned = std::isnan(want.stats.max);
+        expect_near(std::isnan(got.stats.max), poisoned, 0, "block scan: poisoned like scan_row");
+        expect_near(std::isnan(got.stats.sumexp), poisoned, 0, "block scan: poisoned sumexp");
+        if (poisoned) continue;
+        // (A tie of -0.0 and 0.0 may leave either zero as the max: the same number.)
+        expect_near(got.stats.max, want.stats.max, 0, "block scan max");
+        expect_near(static_cast<double>(got.stats.argmax), static_cast<double>(want.stats.argmax), 0,
+                    "block scan argmax");
+        expect_near(got.stats.sumexp, want.stats.sumexp, 4e-7, "block scan sumexp");
+        if (std::isinf(want.sum)) {  // a masked class
+          expect_near(got.sum == want.sum, 1, 0, "block scan logit sum, -inf");
+        } else {
+          double magnitude = 0;  // the rounding of a sum scales with its terms
+          for (int64_t c = 0; c < n; ++c) magnitude += std::fabs(z[i * n + c]);
+          expect_near(got.sum - want.sum, 0, 1e-6 * magnitude, "block scan logit sum");
+        }
+        for (int64_t c = 0; c < n; ++c) expect_near(exps[i * n + c], row_exps[c], 0, "block scan exps");
+      }
+      // Without exps, the same statistics.
+      std::vector<cpu::RowScan<float>> bare(rows);
+      cpu::scan_row_block(z.data(), rows, n, nullptr, bare.data());
+      for (int64_t i = 0; i < rows; ++i) {
+        const bool same = std::isnan(block[i].stats.sumexp) ? std::isnan(bare[i].stats.sumexp)
+                                                             : bare[i].stats.sumexp == block[i].stats.sumexp;
+        expect_near(same, 1, 0, "block scan without exps");
+      }
+    }
+  }
+}
+
 // Loss of one sample as a function of all its logits, for finite differences.
 struct Sample {
   LossConfig<double> cfg;
@@ -190,6 +252,7 @@ int main() {
   std::mt19937 rng(1234);
   test_row_stats(rng);
   test_vector_exp();
+  test_row_block(rng);
   test_mndcg_order();
   for (Mode mode : {Mode::kMrl, Mode::kMndcg}) {
     for (Score score : {Score::kLogit, Score::kProb}) test_gradients(rng, mode, score);
