@@ -1,8 +1,8 @@
-// The CPU kernels' row loops. float rows go in explicit packs of 16 (exp_pack.h), the
-// reductions' partial results held in registers (rows of at most 16 columns 16 rows at a time,
-// one per lane: scan_row_block); float64 rows (and float rows where the compiler has no packs)
-// in loops written so the compiler vectorises them: no branches in the bodies, reductions
-// declared to OpenMP SIMD. They are nearly all of the loss's time at large C
+// The CPU kernels' row loops. On CPUs with AVX-512, float rows go in explicit packs of 16
+// (exp_pack.h), the reductions' partial results held in registers (rows of at most 16 columns
+// 16 rows at a time, one per lane: scan_row_block); float64 rows, and float rows elsewhere (see
+// packs_pay), in loops written so the compiler vectorises them: no branches in the bodies,
+// reductions declared to OpenMP SIMD. They are nearly all of the loss's time at large C
 // (an exp per logit), so on x86-64 with GCC the float versions are compiled three times —
 // AVX-512, AVX2+FMA and the baseline SSE2 — and the loader picks the best the CPU has
 // (function multiversioning, resolved once through an ifunc). The build itself keeps targeting
@@ -22,11 +22,28 @@ namespace rankmixup::cpu {
 
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__ELF__)
 #define RANKMIXUP_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RANKMIXUP_HAS_ISA_CLONES 1
 #else
 #define RANKMIXUP_ISA_CLONES
 #endif
 
 namespace {
+
+// A pack of 16 floats is one AVX-512 register, and there the packed loops are the fastest. In
+// the AVX2 and SSE2 clones GCC splits each pack into 2 or 4 registers and spills most of them:
+// measured on the 2-core machine, a row scan then took 6-9x the time of the OpenMP-SIMD loops
+// (180 against 45 ns a row at C=10, 600 against 88 at C=100). So packs are taken only on a CPU
+// of the x86-64-v4 level, the one the loader gives the AVX-512 clone; never without clones
+// (other compilers and architectures), nor where RANKMIXUP_NO_PACKS is defined (the C++ test of
+// the loops without them).
+#if defined(RANKMIXUP_FLOAT_PACKS) && defined(RANKMIXUP_HAS_ISA_CLONES) && !defined(RANKMIXUP_NO_PACKS)
+inline bool packs_pay() {
+  static const bool avx512 = __builtin_cpu_supports("x86-64-v4");
+  return avx512;
+}
+#else
+constexpr bool packs_pay() { return false; }
+#endif
 
 // The bodies, inlined into each ISA's clone (a function is compiled for the ISA of its caller
 // when inlined, so these must never be called out of line).
@@ -227,7 +244,8 @@ template <int b>
 // The rows are loaded as packs and transposed, so that pack c holds column c of every row:
 // the reductions over a row become lane-wise operations over the columns, and the exps of 16
 // rows are computed at once. The loops run to kPack with the bounds inside them, unrolled, so
-// that the 16 packs stay in registers.
+// that the 16 packs can stay in registers (AVX-512 has room for them; AVX2 and SSE2 clones
+// spill some to the stack).
 template <bool kStoreExps>
 [[gnu::always_inline]] inline void scan_block_body(const float* z, int rows, int n, float* exps,
                                                    RowScan<float>* out) {
@@ -268,14 +286,16 @@ template <bool kStoreExps>
   store_pack(sumexp, sumexp_of);
   __builtin_memcpy(argmax_of, &lane_argmax, sizeof argmax_of);
   for (int i = 0; i < rows; ++i) {
-    out[i].sum = sum_of[i];
+    RowScan<float> scan;  // every field written: `out` may hold an earlier block's rows
+    scan.sum = sum_of[i];
     if (poisons_row(sum_of[i], max_of[i])) {
-      out[i].stats.poison();
-      continue;
+      scan.stats.poison();  // as scan_row leaves it: argmax 0
+    } else {
+      scan.stats.max = max_of[i];
+      scan.stats.argmax = argmax_of[i];
+      scan.stats.sumexp = sumexp_of[i];
     }
-    out[i].stats.max = max_of[i];
-    out[i].stats.argmax = argmax_of[i];
-    out[i].stats.sumexp = sumexp_of[i];
+    out[i] = scan;
   }
 }
 
@@ -286,7 +306,9 @@ template <class T>
   // float64 rows are not packed (the library exp does not vectorise): the general loops.
 #ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
-    return exps ? scan_packed_row<true>(z, n, exps, next_row) : scan_packed_row<false>(z, n, exps, next_row);
+    if (packs_pay()) {
+      return exps ? scan_packed_row<true>(z, n, exps, next_row) : scan_packed_row<false>(z, n, exps, next_row);
+    }
   }
 #endif
   return exps ? scan_simd_row<T, true>(z, n, exps) : scan_simd_row<T, false>(z, n, exps);
@@ -298,8 +320,10 @@ template <class T, class F>
 [[gnu::always_inline]] inline void grad_row(const T* in, int64_t n, T scale, const RowGrad<T>& g, T* out, F f) {
 #ifdef RANKMIXUP_FLOAT_PACKS
   if constexpr (std::is_same_v<T, float>) {
-    packed_grad_row(in, n, scale, g, out, f);
-    return;
+    if (packs_pay()) {
+      packed_grad_row(in, n, scale, g, out, f);
+      return;
+    }
   }
 #endif
   const T constant = g.constant;
@@ -321,7 +345,8 @@ template <class T>
     std::fill_n(out, n, std::numeric_limits<T>::quiet_NaN());
     return;
   }
-  grad_row(exps, n, g.scale_p / stats.sumexp, g, out, [](auto e) __attribute__((always_inline)) { return e; });  // softmax = exps / sumexp
+  // softmax = exps / sumexp
+  grad_row(exps, n, g.scale_p / stats.sumexp, g, out, [](auto e) __attribute__((always_inline)) { return e; });
 }
 
 }  // namespace
@@ -332,13 +357,15 @@ RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* e
 
 RANKMIXUP_ISA_CLONES void scan_row_block(const float* z, int64_t rows, int64_t n, float* exps, RowScan<float>* out) {
 #ifdef RANKMIXUP_FLOAT_PACKS
-  const auto rows32 = static_cast<int>(rows), n32 = static_cast<int>(n);  // both <= kBlockRows
-  exps ? scan_block_body<true>(z, rows32, n32, exps, out) : scan_block_body<false>(z, rows32, n32, exps, out);
-#else
+  if (packs_pay()) {
+    const auto rows32 = static_cast<int>(rows), n32 = static_cast<int>(n);  // both <= kBlockRows
+    exps ? scan_block_body<true>(z, rows32, n32, exps, out) : scan_block_body<false>(z, rows32, n32, exps, out);
+    return;
+  }
+#endif
   for (int64_t i = 0; i < rows; ++i) {
     out[i] = scan_row_body<float>(z + i * n, n, exps ? exps + i * n : nullptr, nullptr);
   }
-#endif
 }
 
 RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out) {

@@ -30,7 +30,8 @@ RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr, con
 constexpr int64_t kBlockRows = 16;
 
 // scan_row of `rows` (1..kBlockRows) rows of n (1..kBlockRows) columns, row i at z + i * n:
-// the same statistics for each (its sums added in another order: the last bit may differ).
+// the same statistics for each, its sums added in another order (the last bit may differ; a sum
+// within rounding of the float range may overflow, and so poison the row, in one order only).
 // If `exps` is not null, every row's exps go to exps + i * n (a poisoned row's are unspecified:
 // finish_grad_row does not read them).
 void scan_row_block(const float* z, int64_t rows, int64_t n, float* exps, RowScan<float>* out);
