@@ -1,12 +1,12 @@
 // Autograd for the ops in ops.cpp, registered once for every device (the Autograd alias key):
 // forward redispatches below autograd to the device's kernel (cpu/ or cuda/), backward calls the
-// device's backward op (or, on the CPU, scales the gradient its forward wrote); `relevance` is declared not differentiable. In C++ rather than with
-// Python's torch.library.register_autograd, whose Python node cost tens of microseconds per
-// call (measured at the paper's shapes: more than the fused kernels themselves). torch.compile
+// device's backward op (or, on the CPU, scales the gradient its forward wrote); `relevance` is
+// declared not differentiable. In C++ rather than with Python's torch.library.register_autograd,
+// whose Python node cost tens of microseconds per call (measured at the paper's shapes: more than
+// the fused kernels themselves). torch.compile
 // traces through it like any C++ autograd op, the ops' fake implementations (compiled.py)
 // answering for the kernels.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -14,71 +14,14 @@
 #include <tuple>
 #include <utility>
 
+#include "op_handles.h"
+
 namespace rankmixup {
 namespace {
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using LossOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-// Typed handles to the ops, looked up once: calls through them go to the next dispatch key.
-const auto& loss_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::loss", "")
-                             .typed<LossOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                std::string_view, std::string_view, double, double, double, int64_t,
-                                                double, std::string_view)>();
-  return op;
-}
-
-using LossWithGradOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-const auto& loss_with_grad_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::loss_with_grad", "")
-                             .typed<LossWithGradOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                        std::string_view, std::string_view, double, double, double,
-                                                        int64_t, double, std::string_view)>();
-  return op;
-}
-
-const auto& scale_grads_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::scale_grads_", "")
-                             .typed<void(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t)>();
-  return op;
-}
-
-const auto& loss_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::loss_backward", "")
-                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                               const Tensor&, const Tensor&, const Tensor&, int64_t)>();
-  return op;
-}
-
-const auto& mix_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::mix", "")
-                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
-  return op;
-}
-
-const auto& mix_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::mix_backward", "")
-                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
-  return op;
-}
-
-const auto& relevance_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rankmixup::relevance", "")
-                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
-  return op;
-}
 
 // Differentiable in logits and mix_logits; the parts and the per-row records are not.
 //

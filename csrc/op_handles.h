@@ -53,7 +53,8 @@ inline const auto& loss_backward_op() {
 }
 
 inline const auto& mix_op() {
-  static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("rankmixup::mix");
+  static const auto op =
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("rankmixup::mix");
   return op;
 }
 

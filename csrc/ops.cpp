@@ -1,10 +1,14 @@
 // Operator schemas (one definition for every device) and the Python module `_C`, whose import
 // registers them. Kernels register per device: cpu/*.cpp (CPU) and cuda/*.cu (CUDA).
 #include <pybind11/pybind11.h>
+#include <torch/extension.h>
 #include <torch/headeronly/version.h>
 #include <torch/library.h>
 
 #include <string>
+#include <string_view>
+
+#include "op_handles.h"
 
 namespace {
 
@@ -48,9 +52,9 @@ TORCH_LIBRARY(rankmixup, m) {
       "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
   // The loss op's outputs and the gradients of the loss w.r.t. logits and mix_logits for
-  // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits: what autograd calls on devices whose
-  // kernels are bound by arithmetic rather than memory (the CPU), its backward then only scaling
-  // them. Not differentiable itself.
+  // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits:
+  // what autograd calls on devices whose kernels are bound by arithmetic rather than memory (the
+  // CPU), its backward then only scaling them. Not differentiable itself.
   m.def(
       "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, "
       "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
@@ -79,7 +83,53 @@ TORCH_LIBRARY(rankmixup, m) {
   m.def("mix_backward(Tensor grad, Tensor lam, Tensor index) -> Tensor");
 }
 
+namespace {
+
+// Runs an operator call as ATen's Python bindings run theirs: without the GIL while it runs (the
+// dispatcher takes it back for any Python it calls), its errors raised as torch.ops raises them
+// (the same Python exception types, no C++ backtrace in the message), its warnings as Python
+// warnings.
+template <class Call>
+auto as_python_call(Call call) {
+  HANDLE_TH_ERRORS
+  pybind11::gil_scoped_release no_gil;
+  return call();
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
+  using at::Tensor;
   m.doc() = "rankmixup_ops compiled extension: importing it registers the torch.ops.rankmixup operators";
   m.def("build_info", &build_info, "What this build of the extension contains.");
+  // Direct entry points: the op called through the dispatcher as torch.ops.rankmixup.<op> calls
+  // it, less that binding's boxing of every argument into a generic stack and back (2-3 us a
+  // call here, 5-7 us when the caches are cold, as they are between a model's forward and
+  // backward). They know nothing of __torch_function__, which the torch.ops binding honours, so
+  // compiled.py calls them only where there is none to honour (plain tensors, eager mode, no
+  // function mode).
+  m.def(
+      "loss",
+      [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+         std::string_view mode, std::string_view score, double ce_weight, double alpha, double margin,
+         int64_t ignore_index, double label_smoothing, std::string_view reduction) {
+        return as_python_call([&] {
+          return rankmixup::loss_op().call(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin,
+                                           ignore_index, label_smoothing, reduction);
+        });
+      },
+      "torch.ops.rankmixup.loss, called directly.");
+  m.def(
+      "relevance",
+      [](const Tensor& targets, const Tensor& lam, const Tensor& index) {
+        return as_python_call([&] { return rankmixup::relevance_op().call(targets, lam, index); });
+      },
+      "torch.ops.rankmixup.relevance, called directly.");
+  m.def(
+      "mix",
+      [](const Tensor& x, const Tensor& lam, const Tensor& index) {
+        return as_python_call([&] { return rankmixup::mix_op().call(x, lam, index); });
+      },
+      "torch.ops.rankmixup.mix, called directly.");
 }

@@ -1,6 +1,7 @@
 """The compiled backends: ``torch.ops.rankmixup`` operators from the C++ extension, with the
 fake (meta) implementations torch.compile needs. Their autograd is registered in C++
-(csrc/autograd.cpp), once for every device.
+(csrc/autograd.cpp), once for every device. Eager calls on plain tensors enter them through
+``_C``'s direct entry points rather than the torch.ops binding (see ``_entry``).
 
 Operators (schemas in csrc/ops.cpp):
 
@@ -37,7 +38,7 @@ from ._extension import extension
 from ._types import LossOutput
 from .reference import accumulation_dtype
 
-extension()  # registers the operators (raises BackendUnavailable if the build is missing)
+_C = extension()  # registers the operators (raises BackendUnavailable if the build is missing)
 ops = torch.ops.rankmixup
 ROW_COEFS = 5  # kRowCoefs in csrc/include/rankmixup/sample_loss.h
 
@@ -89,6 +90,19 @@ def _mix_backward_fake(grad, lam, index):
     return grad.new_empty((index.shape[1], *grad.shape[1:]))
 
 
+def _entry(*tensors):
+    """Where to call an operator from: ``_C``'s direct entry points (the same dispatcher call,
+    without the torch.ops binding's boxing of every argument: a few microseconds a call at the
+    paper's shapes), or ``torch.ops.rankmixup``. The direct ones know nothing of
+    ``__torch_function__``, so they serve only plain tensors in eager mode with no function
+    mode active; torch.compile, torch.export, ``with torch.device(...)`` and tensor subclasses
+    get torch.ops. (``__torch_dispatch__`` modes and subclasses, fake tensors among them, work
+    either way: the dispatcher hands them the call.)"""
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return ops
+    return _C if all(type(t) is torch.Tensor for t in tensors) else ops
+
+
 class CompiledBackend:
     """The backend object (see :mod:`rankmixup_ops.backends`) over the compiled operators,
     for tensors of one device type."""
@@ -108,14 +122,15 @@ class CompiledBackend:
     @staticmethod
     def loss(logits, mix_logits, targets, rel, *, mode, ce_weight, alpha, margin, score, ignore_index,
              label_smoothing, reduction) -> LossOutput:
-        loss, ce, rank, _, _ = ops.loss(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin,
-                                        ignore_index, label_smoothing, reduction)
+        loss, ce, rank, _, _ = _entry(logits, mix_logits, targets, rel).loss(
+            logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
+            reduction)
         return LossOutput(loss, ce, rank)
 
     @staticmethod
     def relevance(targets, lam, index):
-        return ops.relevance(targets, lam, index)
+        return _entry(targets, lam, index).relevance(targets, lam, index)
 
     @staticmethod
     def mix(x, lam, index):
-        return ops.mix(x, lam, index)
+        return _entry(x, lam, index).mix(x, lam, index)

@@ -77,8 +77,8 @@ def test_loss_any_strides(layout, dtype, classes):
 def test_loss_blocks_of_samples(mode, score, classes):
     """Rows of up to 16 classes are scanned 16 samples at a time, one sample per vector lane
     (C=17 is the first the row-by-row scan takes): whole and partial blocks, a batch that two
-    threads split at a sample which is no block boundary (B=300: at 150), masked classes (-inf)
-    and ignored samples among them all match the reference."""
+    threads split at a sample which is no block boundary (B=300 at C >= 5: at 150), masked
+    classes (-inf) and ignored samples among them all match the reference."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -116,9 +116,11 @@ def test_argmax_ties_go_to_lowest_index():
               run(reference_backend(), logits, mix_logits, targets, rel, opts))
 
 
-def test_ignored_rows_never_read():
+def test_ignored_rows_change_nothing():
+    """Ignored samples' logits, whatever they hold, give a loss and gradients of exactly 0 and
+    spoil no other sample (rows of at most 16 classes are read, in blocks; longer ones are not)."""
     logits, mix_logits, targets, rel = problem(6, 3, 9, ignore="none", seed=2)
-    targets[[1, 4]] = -100
+    targets[[1, 4]] = -100  # (C=9: the block scan reads them; test_loss_options has C=17)
     for rows in ([1, 4], [7, 10, 13, 16]):  # raw rows, then mix rows k*B + b of the same samples
         (logits if rows[0] < 6 else mix_logits)[rows] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(3)
     for mode, score in RANKINGS:
@@ -402,3 +404,94 @@ def test_bfloat16_rows_convert_as_torch_does(classes):
         assert nan.any() and torch.equal(got.isnan(), nan)
         assert got.view(torch.int16)[nan].eq(0x7FC0).all()
         assert torch.equal(got.view(torch.int16)[~nan], want.to(torch.bfloat16).view(torch.int16)[~nan])
+
+
+class _FunctionLog(torch.overrides.TorchFunctionMode):
+    """Records the functions a __torch_function__ mode is offered."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class _DispatchLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators a __torch_dispatch__ mode is handed."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class _Subclass(torch.Tensor):
+    """A plain __torch_function__ subclass (what the direct entry points cannot honour)."""
+
+
+def test_direct_entry_points_equal_torch_ops():
+    """Eager calls on plain tensors go through _C's direct entry points, not torch.ops: the same
+    kernels, so the same bits, forward and backward."""
+    from rankmixup_ops import compiled
+
+    logits, mix_logits, targets, rel = problem(20, 2, 10, seed=5)
+    assert compiled._entry(logits, mix_logits, targets, rel) is compiled._C
+    direct = run(CPU, logits, mix_logits, targets, rel, options())
+
+    class ViaOps:  # the backend's loss, through torch.ops
+        @staticmethod
+        def loss(*tensors, **opts):
+            return compiled.LossOutput(*compiled.ops.loss(*tensors, opts["mode"], opts["score"], opts["ce_weight"],
+                                                          opts["alpha"], opts["margin"], opts["ignore_index"],
+                                                          opts["label_smoothing"], opts["reduction"])[:3])
+
+    for a, b in zip(direct, run(ViaOps, logits, mix_logits, targets, rel, options())):
+        assert torch.equal(a, b)
+    lam = torch.rand(2, 20, generator=gen(1))
+    index = torch.stack([torch.randperm(20, generator=gen(2)) for _ in range(2)])
+    assert torch.equal(CPU.relevance(targets, lam, index), compiled.ops.relevance(targets, lam, index))
+    x = torch.randn(20, 3, generator=gen(3))
+    assert torch.equal(CPU.mix(x, lam, index), compiled.ops.mix(x, lam, index))
+
+
+def test_direct_entry_points_raise_as_torch_ops_does():
+    """The same exception type and message as the torch.ops binding (no C++ backtrace)."""
+    from rankmixup_ops import compiled
+
+    logits, mix_logits, targets, rel = problem(4, 1, 3, ignore="none", seed=8)
+    targets[1] = 7  # past C: the kernel's own check (the public API's validate=True would catch it first)
+    args = (logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.3, 1.5, -100, 0.0, "mean")
+    errors = []
+    for entry in (compiled._C, compiled.ops):
+        with pytest.raises(RuntimeError, match="target 7 of sample 1 is outside") as error:
+            entry.loss(*args)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and "Exception raised from" not in errors[0]
+
+
+def test_torch_function_modes_and_subclasses_get_torch_ops():
+    """A __torch_function__ mode (torch.export's, `with torch.device(...)`, a user's) and a
+    tensor subclass are offered the torch.ops call; the direct entry points would skip them."""
+    from rankmixup_ops import compiled
+
+    logits, mix_logits, targets, rel = problem(6, 2, 5, seed=6)
+    with _FunctionLog() as log:
+        assert compiled._entry(logits, mix_logits, targets, rel) is compiled.ops
+        CPU.loss(logits, mix_logits, targets, rel, **options())
+    assert log.seen == [torch.ops.rankmixup.loss]
+    subclassed = logits.as_subclass(_Subclass)
+    assert compiled._entry(subclassed, mix_logits, targets, rel) is compiled.ops
+
+
+def test_dispatch_modes_see_direct_calls():
+    """__torch_dispatch__ modes (fake tensors, tracing, FLOP counters) are handed the operator
+    by the dispatcher, whichever entry point the call took."""
+    logits, mix_logits, targets, rel = problem(6, 2, 5, seed=7)
+    with _DispatchLog() as log:
+        CPU.loss(logits, mix_logits, targets, rel, **options())
+    assert log.seen == [torch.ops.rankmixup.loss.default]
