@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "cpu/row_ops.h"
 #include "op_handles.h"
 
 namespace {
@@ -38,6 +39,8 @@ pybind11::dict build_info() {
   info["compiler"] = std::string(__VERSION__);
 #endif
   info["cplusplus"] = static_cast<long>(__cplusplus);
+  // Not the build's but this process's: AVX-512 packs or OpenMP-SIMD loops (cpu/row_ops.cpp).
+  info["cpu_row_loops"] = std::string(rankmixup::cpu::uses_packed_rows() ? "avx512 packs" : "openmp simd");
   return info;
 }
 

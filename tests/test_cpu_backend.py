@@ -5,6 +5,10 @@ gradient. Fresh random inputs on every run; each test prints nothing but reprodu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from backend_cases import (
@@ -31,9 +35,10 @@ from rankmixup_ops import reference
 from rankmixup_ops.backends import BackendUnavailable
 
 try:
-    from rankmixup_ops._extension import load_backend
+    from rankmixup_ops._extension import build_info, load_backend
 
     CPU = load_backend("cpu")
+    CPU_ROW_LOOPS = build_info()["cpu_row_loops"]
 except BackendUnavailable as error:  # pragma: no cover - `make test` always builds it
     pytest.skip(f"compiled CPU backend unavailable: {error}", allow_module_level=True)
 
@@ -92,6 +97,22 @@ def test_loss_blocks_of_samples(mode, score, classes):
                 close(run(CPU, *prob, opts), run(reference_backend(), *prob, opts))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(CPU_ROW_LOOPS != "avx512 packs",
+                    reason="this CPU runs the OpenMP-SIMD loops: the whole file tests them")
+def test_loss_without_packs_matches_reference():
+    """CPUs without AVX-512 run the OpenMP-SIMD row loops (csrc/cpu/row_ops.cpp), this one the
+    packed loops: the loss tests of this file again, in a process where ATEN_CPU_CAPABILITY=avx2
+    turns the packs off (which build_info confirms there)."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    confirm = "from rankmixup_ops._extension import build_info as b; assert b()['cpu_row_loops'] == 'openmp simd'"
+    subprocess.run([sys.executable, "-c", confirm], env=env, check=True)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "loss and not without_packs"], env=env, capture_output=True, text=True)
+    assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+    assert " passed" in tests.stdout and "skipped" not in tests.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

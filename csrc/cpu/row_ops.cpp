@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string_view>
 #include <type_traits>
 
 #include "exp_pack.h"
@@ -33,13 +35,20 @@ namespace {
 // the AVX2 and SSE2 clones GCC splits each pack into 2 or 4 registers and spills most of them:
 // measured on the 2-core machine, a row scan then took 6-9x the time of the OpenMP-SIMD loops
 // (180 against 45 ns a row at C=10, 600 against 88 at C=100). So packs are taken only on a CPU
-// of the x86-64-v4 level, the one the loader gives the AVX-512 clone; never without clones
-// (other compilers and architectures), nor where RANKMIXUP_NO_PACKS is defined (the C++ test of
-// the loops without them).
+// of the x86-64-v4 level, the one the loader gives the AVX-512 clone, and only if
+// ATEN_CPU_CAPABILITY (PyTorch's switch for its own CPU kernels) is unset or "avx512"; never
+// without clones (other compilers and architectures), nor where RANKMIXUP_NO_PACKS is defined
+// (the C++ test of the loops without them).
 #if defined(RANKMIXUP_FLOAT_PACKS) && defined(RANKMIXUP_HAS_ISA_CLONES) && !defined(RANKMIXUP_NO_PACKS)
+bool decide_packs() {
+  const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+  const bool allowed = capability == nullptr || *capability == '\0' || std::string_view(capability) == "avx512";
+  return allowed && __builtin_cpu_supports("x86-64-v4");
+}
+
 inline bool packs_pay() {
-  static const bool avx512 = __builtin_cpu_supports("x86-64-v4");
-  return avx512;
+  static const bool packs = decide_packs();
+  return packs;
 }
 #else
 constexpr bool packs_pay() { return false; }
@@ -350,6 +359,8 @@ template <class T>
 }
 
 }  // namespace
+
+bool uses_packed_rows() { return packs_pay(); }
 
 RANKMIXUP_ISA_CLONES RowScan<float> scan_row(const float* z, int64_t n, float* exps, const float* next_row) {
   return scan_row_body(z, n, exps, next_row);

@@ -24,6 +24,10 @@ struct RowScan {
 RowScan<float> scan_row(const float* z, int64_t n, float* exps = nullptr, const float* next_row = nullptr);
 RowScan<double> scan_row(const double* z, int64_t n, double* exps = nullptr, const double* next_row = nullptr);
 
+// Whether float rows go through the packed (AVX-512) loops in this process, rather than the
+// OpenMP-SIMD ones (row_ops.cpp says when they do).
+bool uses_packed_rows();
+
 // Rows with few columns (CIFAR-10 has 10 classes) are scanned kBlockRows at a time, one row per
 // vector lane: a row of one partial pack spends most of scan_row's time in the reductions
 // across lanes and in their latency, which a lane per row does without.
