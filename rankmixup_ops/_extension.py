@@ -28,8 +28,9 @@ def extension():
 def build_info() -> dict:
     """What the compiled extension contains: ``backends`` (kernels compiled, e.g. ``["cpu"]``),
     ``cuda_arch_list``, ``openmp``, ``torch_version``, ``compiler``; and ``cpu_row_loops``, the
-    CPU row loops this process runs: ``"avx512 packs"``, or ``"openmp simd"`` on CPUs without
-    AVX-512 or under ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``)."""
+    CPU row loops this process runs: ``"avx512 packs"`` on an AVX-512 (x86-64-v4) CPU with a GCC
+    build, else ``"openmp simd"`` (also under ``ATEN_CPU_CAPABILITY=avx2`` or ``default``, read
+    once, at the first kernel call)."""
     return extension().build_info()
 
 

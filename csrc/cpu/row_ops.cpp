@@ -22,7 +22,9 @@
 
 namespace rankmixup::cpu {
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__ELF__)
+// (RANKMIXUP_NO_ISA_CLONES: the C++ tests built for one ISA.)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__ELF__) && \
+    !defined(RANKMIXUP_NO_ISA_CLONES)
 #define RANKMIXUP_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define RANKMIXUP_HAS_ISA_CLONES 1
 #else
@@ -35,15 +37,16 @@ namespace {
 // the AVX2 and SSE2 clones GCC splits each pack into 2 or 4 registers and spills most of them:
 // measured on the 2-core machine, a row scan then took 6-9x the time of the OpenMP-SIMD loops
 // (180 against 45 ns a row at C=10, 600 against 88 at C=100). So packs are taken only on a CPU
-// of the x86-64-v4 level, the one the loader gives the AVX-512 clone, and only if
-// ATEN_CPU_CAPABILITY (PyTorch's switch for its own CPU kernels) is unset or "avx512"; never
-// without clones (other compilers and architectures), nor where RANKMIXUP_NO_PACKS is defined
-// (the C++ test of the loops without them).
+// of the x86-64-v4 level, the one the loader gives the AVX-512 clone, and not when
+// ATEN_CPU_CAPABILITY, PyTorch's switch for its own CPU kernels, asks for less ("avx2" or
+// "default"; like PyTorch, other values are ignored). Decided once, at the first call. Never
+// without GCC's clones (Clang, other compilers and architectures run the OpenMP-SIMD loops),
+// nor where RANKMIXUP_NO_PACKS is defined (the C++ test of the loops without them).
 #if defined(RANKMIXUP_FLOAT_PACKS) && defined(RANKMIXUP_HAS_ISA_CLONES) && !defined(RANKMIXUP_NO_PACKS)
 bool decide_packs() {
-  const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
-  const bool allowed = capability == nullptr || *capability == '\0' || std::string_view(capability) == "avx512";
-  return allowed && __builtin_cpu_supports("x86-64-v4");
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string_view capability = env ? env : "";
+  return capability != "avx2" && capability != "default" && __builtin_cpu_supports("x86-64-v4");
 }
 
 inline bool packs_pay() {
