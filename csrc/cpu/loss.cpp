@@ -128,13 +128,15 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
           }
           continue;
         }
-        const acc_t* z = raw_rows.row(b, scratch.data());
-        const acc_t z_target = z[target];  // read before the mix rows may reuse the scratch row
         RowScan<acc_t> raw;
+        acc_t z_target;
         if (by_block) {
           raw = block_scans[b - first];
+          z_target = raw_rows.at(b, target);
           for (int64_t k = 0; k < num_mix; ++k) stats[1 + k] = block_scans[(1 + k) * kBlockRows + b - first].stats;
         } else {
+          const acc_t* z = raw_rows.row(b, scratch.data());
+          z_target = z[target];  // read before the mix rows reuse the scratch row
           raw = scan_row(z, num_classes, grad_row(b, 0), next_row(b, 0));
           for (int64_t k = 0; k < num_mix; ++k) {
             stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k),

@@ -43,6 +43,9 @@ class StridedRows {
     return scratch;
   }
 
+  // The value at row r, column c, as acc_t.
+  acc_t at(int64_t r, int64_t c) const { return static_cast<acc_t>(data_[r * row_stride_ + c * col_stride_]); }
+
   // Row r, as `cols` contiguous acc_t; `scratch` (room for one row) is used only if needed.
   const acc_t* row(int64_t r, acc_t* scratch) const {
     const scalar_t* src = data_ + r * row_stride_;  // int64 offsets: rows * C may pass 2^31
