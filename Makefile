@@ -2,32 +2,46 @@
 # dependencies and the package into it, and is safe to run again (the install is stamped).
 PYTHON ?= python3
 VENV ?= .venv
+REQUIREMENTS ?= requirements.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The compiled extension, rebuilt whenever a source under csrc/ changes (ninja recompiles only
-# what changed). MAX_JOBS caps the parallel compile jobs.
-EXTENSION_STAMP := build/.extension
+# what changed). MAX_JOBS caps the parallel compile jobs. One stamp per venv: each stack builds
+# its own in-place module (its file name carries the Python version, _C.cpython-312-*.so).
+EXTENSION_STAMP := $(VENV)/.extension
+# The second stack of `make stack-check`: the GPU machine's Python, torch and Triton.
+STACK_VENV ?= .venv-gpu-machine
+# Its interpreter: python3.12 on PATH if it runs (a pyenv shim may not), else pyenv's 3.12.
+ifndef STACK_PYTHON
+STACK_PYTHON := $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),$(shell $(p) -c '' 2>/dev/null && echo $(p))))
+endif
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: setup build test demo cmake-check aot-check bench bench-cpu gpu-check clean
+.PHONY: setup build test stack-check demo cmake-check aot-check bench bench-cpu gpu-check clean
 
 setup: $(STAMP) $(EXTENSION_STAMP)
 
 build: $(EXTENSION_STAMP)
 
-$(STAMP): requirements.txt pyproject.toml setup.py
+$(STAMP): $(REQUIREMENTS) pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 $(EXTENSION_STAMP): $(STAMP) $(CSRC) setup.py
 	$(PY) setup.py --quiet build_ext --inplace
-	mkdir -p build && touch $@
+	touch $@
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The whole suite again on the GPU machine's stack (requirements-gpu-machine.txt) in a venv of
+# its own, the CUDA kernels required in the build: what a GPU lease would build and import.
+stack-check:
+	@test -n "$(STACK_PYTHON)" || { echo "stack-check: no Python 3.12 found; set STACK_PYTHON=/path/to/python3.12"; exit 1; }
+	RANKMIXUP_BUILD_CUDA=1 $(MAKE) test VENV=$(STACK_VENV) PYTHON=$(STACK_PYTHON) REQUIREMENTS=requirements-gpu-machine.txt
 
 demo: setup
 	$(PY) examples/train_digits.py --plots out/demo
@@ -58,4 +72,4 @@ bench-cpu: setup
 	$(PY) -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-group-by=param:shape --benchmark-columns=median,iqr,rounds
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(STACK_VENV) build *.egg-info .pytest_cache

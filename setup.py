@@ -42,6 +42,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+# The sources use C++20 (std::bit_cast, ...). torch's cpp_extension passes the standard its own
+# headers need (C++17 in torch 2.11): ours comes after it on the command line and wins.
+CXX_STANDARD = "c++20"
 
 
 def sources(pattern: str) -> list[str]:
@@ -85,6 +88,7 @@ def extension():
     # -Wno-psabi: GCC notes that 64-byte vector arguments change ABI without AVX-512; the row
     # kernels' packs only cross inline calls inside row_ops.cpp, never between ISAs.
     cxx_flags = ["/O2"] if sys.platform == "win32" else ["-O3", "-fno-trapping-math", "-Wno-psabi"]
+    cxx_flags += [f"/std:{CXX_STANDARD}" if sys.platform == "win32" else f"-std={CXX_STANDARD}"]
     cxx_flags += openmp_flags()
     macros = []
     kwargs = {}
@@ -92,7 +96,7 @@ def extension():
         arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
         macros += [("RANKMIXUP_WITH_CUDA", None), ("RANKMIXUP_CUDA_ARCH_LIST", f'"{arch_list}"')]
         # -lineinfo: compute-sanitizer and profilers name source lines; no effect on the code.
-        kwargs["extra_compile_args"] = {"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx_flags, "nvcc": [f"-std={CXX_STANDARD}", "-O3", "--use_fast_math", "-lineinfo"]}
         make = CUDAExtension
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx_flags}

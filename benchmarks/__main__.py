@@ -20,13 +20,15 @@ from .workloads import COMPILED, REFERENCE
 RESULTS = Path(__file__).resolve().parent / "results"
 # Seconds of timed calls per (implementation, pass): enough for a stable median on a GPU,
 # short enough for the CI-sized CPU run.
-MEASURE_S = {"full": 0.2, "quick": 0.15, "smoke": 0.02}
+MEASURE_S = {"full": 0.2, "headline": 0.2, "quick": 0.15, "smoke": 0.02}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     size = parser.add_mutually_exclusive_group()
+    size.add_argument("--headline", dest="preset", action="store_const", const="headline",
+                      help="the large bfloat16 loss and the paper's shapes: what one GPU lease has time for")
     size.add_argument("--quick", dest="preset", action="store_const", const="quick",
                       help="CI-sized: a few shapes, about a minute on a 2-core CPU")
     size.add_argument("--smoke", dest="preset", action="store_const", const="smoke",

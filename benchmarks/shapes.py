@@ -92,6 +92,15 @@ def full() -> list[Case]:
     ]
 
 
+def headline() -> list[Case]:
+    """What one GPU lease has time for (tools/gpu_check.sh, under a budget): the large
+    bfloat16 loss first, then the paper's shapes, K=3 before K=1."""
+    return [
+        *_loss_cases([4096], [3], [32000], [torch.bfloat16], graph=False),
+        *_loss_cases([128], [3, 1], PAPER_CLASSES, [torch.float32], graph=True),
+    ]
+
+
 def quick() -> list[Case]:
     """CI-sized, about a minute on a 2-core CPU: two paper shapes in both modes, one larger
     loss, and CIFAR mixup."""
@@ -111,7 +120,7 @@ def smoke() -> list[Case]:
     ]
 
 
-PRESETS = {"full": full, "quick": quick, "smoke": smoke}
+PRESETS = {"full": full, "headline": headline, "quick": quick, "smoke": smoke}
 
 
 def cases(preset: str, device_type: str) -> tuple[list[Case], list[tuple[Case, str]]]:

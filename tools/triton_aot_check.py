@@ -2,7 +2,7 @@
 machine without a GPU, and report registers, spills and vector widths.
 
 The configurations are not listed by hand: the real launchers (the triton_op bodies) run on
-small CPU tensors with ``wrap_triton`` swapped for a recorder, over a grid of problems
+small CPU tensors with their launcher (``launch.launcher``) swapped for a recorder, over a grid of problems
 (dtype, K, C, mode, score, smoothing, gradient or not). Each recorded launch is specialised
 exactly as Triton's JIT would specialise it (pointer alignment, unit strides, constexprs) and
 compiled with ``triton.compile`` for a named target; ``cuobjdump -res-usage`` of the cubin
@@ -39,6 +39,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rankmixup_ops.triton import launch  # noqa: E402
 from rankmixup_ops.triton import loss as loss_module  # noqa: E402
 from rankmixup_ops.triton import mix as mix_module  # noqa: E402
 
@@ -46,7 +47,7 @@ TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32
 
 
 class _Recorder:
-    """Stands in for ``wrap_triton``: records ``kernel[grid](*args, **kwargs)`` instead of launching."""
+    """Stands in for ``launch.launcher``: records ``kernel[grid](*args, **kwargs)`` instead of launching."""
 
     def __init__(self):
         self.launches = []
@@ -66,14 +67,11 @@ class _Launch:
 @contextlib.contextmanager
 def recording():
     recorder = _Recorder()
-    patched = [(module, module.wrap_triton) for module in (loss_module, mix_module)]
-    for module, _ in patched:
-        module.wrap_triton = recorder
+    original, launch.launcher = launch.launcher, recorder
     try:
         yield recorder.launches
     finally:
-        for module, original in patched:
-            module.wrap_triton = original
+        launch.launcher = original
 
 
 def loss_problems(everything: bool):

@@ -7,15 +7,14 @@ module was imported — Triton's interpreter, slow, meant for tests on machines 
 """
 
 import torch
-import triton
 
 from ..reference import relevance
+from .launch import interpreted
 from .loss import rankmixup_loss
 from .mix import _mix_kernel
 from .mix import mix as _mix_op
 
-# Triton decides at decoration time whether a kernel is compiled or interpreted.
-_INTERPRETED = not isinstance(_mix_kernel, triton.runtime.JITFunction)
+_INTERPRETED = interpreted(_mix_kernel)
 
 
 class TritonBackend:

@@ -24,9 +24,10 @@ No value ever travels to the host.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .._types import LossOutput
+from . import launch
 
 # The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
 # this many values, 16 a thread at 8 warps — enough loads in flight without spilling (checked
@@ -289,7 +290,7 @@ def fused_loss(
     grad_rows = (num_mix + 1) * batch if need_grad else 0
     grad = torch.empty(grad_rows, num_classes, device=logits.device, dtype=logits.dtype)
     config = loss_launch_config(num_mix, num_classes, block_c)
-    wrap_triton(_fused_loss_kernel)[(batch,)](
+    launch.launcher(_fused_loss_kernel)[(batch,)](
         logits,
         mix_logits,
         targets,
@@ -327,7 +328,7 @@ def fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Te
     if rows:
         config = scale_launch_config(num_classes)
         grid = (rows, triton.cdiv(num_classes, config["BLOCK"]))
-        wrap_triton(_scale_rows_kernel)[grid](
+        launch.launcher(_scale_rows_kernel)[grid](
             grad, grad_loss, out, grad_loss.shape[0], num_classes, grad_loss.stride(0), **config
         )
     return out

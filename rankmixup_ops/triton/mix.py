@@ -13,7 +13,9 @@ Arithmetic is float32 (float64 for float64 ``x``); results have ``x``'s dtype.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from . import launch
 
 MAX_BLOCK = 2048
 
@@ -100,7 +102,7 @@ def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     if features:
         config = mix_launch_config(features)
         grid = (batch, triton.cdiv(features, config["BLOCK"]))
-        wrap_triton(_mix_kernel)[grid](
+        launch.launcher(_mix_kernel)[grid](
             x2,
             lam,
             index,
@@ -131,7 +133,7 @@ def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
     if features:
         config = mix_launch_config(features)
         grid = (batch, triton.cdiv(features, config["BLOCK"]))
-        wrap_triton(_mix_backward_kernel)[grid](
+        launch.launcher(_mix_backward_kernel)[grid](
             g2,
             lam,
             inverse,

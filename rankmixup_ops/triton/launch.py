@@ -1,0 +1,22 @@
+"""How the Triton backend launches its kernels.
+
+A compiled kernel is launched through ``torch.library.wrap_triton``, so that torch.compile and
+torch.export trace the launch into their graphs. A kernel that Triton's interpreter runs
+(``TRITON_INTERPRET=1``, the CPU tests) is launched as it is: torch 2.11 refuses to wrap one
+("wrap_triton only works on functions annotated with triton.jit"), and no torch can trace one
+(fake tensors have no data for the interpreter to run on), so wrapping would add nothing.
+"""
+
+import triton
+from torch.library import wrap_triton
+
+
+def interpreted(kernel) -> bool:
+    """Whether Triton's interpreter runs ``kernel``: Triton reads TRITON_INTERPRET when a kernel
+    is decorated, and then makes an ``InterpretedFunction`` instead of a ``JITFunction``."""
+    return not isinstance(kernel, triton.runtime.JITFunction)
+
+
+def launcher(kernel):
+    """``kernel`` ready for ``[grid](...)``: traceable when compiled, direct when interpreted."""
+    return kernel if interpreted(kernel) else wrap_triton(kernel)
