@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from rankmixup_ops import reference
-from rankmixup_ops._extension import load_backend
-from rankmixup_ops.backends import BackendUnavailable
+from rankmixup_ops._types import BackendUnavailable, LossOptions
 
 try:
+    from rankmixup_ops.compiled import load_backend
+
     CPU = load_backend("cpu")
 except BackendUnavailable as error:
     pytest.skip(str(error), allow_module_level=True)
@@ -31,14 +32,11 @@ SHAPES = {
 
 
 def _reference_loss(logits, mix_logits, targets, rel, mode):
-    return reference.rankmixup_loss_from_relevance(
-        logits, mix_logits, targets, rel, mode=mode, alpha=0.1, margin=2.0, score="logit", ignore_index=-100,
-        label_smoothing=0.0, reduction="mean").loss
+    return reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, LossOptions(mode=mode)).loss
 
 
 def _cpu_loss(logits, mix_logits, targets, rel, mode):
-    return CPU.loss(logits, mix_logits, targets, rel, mode=mode, ce_weight=1.0, alpha=0.1, margin=2.0, score="logit",
-                    ignore_index=-100, label_smoothing=0.0, reduction="mean").loss
+    return CPU.loss(logits, mix_logits, targets, rel, LossOptions(mode=mode)).loss
 
 
 _compiled_reference = torch.compile(_reference_loss, dynamic=False)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 
+from ._types import BackendUnavailable
+
 BUILD_HINT = "build it with `make setup`, or `pip install --no-build-isolation -e .` in the source tree"
 
 
 @functools.cache
 def extension():
     """The ``_C`` module; raises BackendUnavailable saying why when it cannot be loaded."""
-    from .backends import BackendUnavailable  # here, not at the top: backends imports this module
-
     try:
         from . import _C
     except ModuleNotFoundError:
@@ -32,17 +32,3 @@ def build_info() -> dict:
     build, else ``"openmp simd"`` (also under ``ATEN_CPU_CAPABILITY=avx2`` or ``default``, read
     once, at the first kernel call)."""
     return extension().build_info()
-
-
-def load_backend(device_type: str):
-    """The compiled backend for ``device_type`` ("cpu" or "cuda"), or BackendUnavailable."""
-    from .backends import BackendUnavailable
-
-    if device_type not in build_info()["backends"]:
-        raise BackendUnavailable(
-            f"the compiled extension was built without {device_type} kernels "
-            f"(it has: {', '.join(build_info()['backends'])})"
-        )
-    from .compiled import CompiledBackend
-
-    return CompiledBackend(device_type)

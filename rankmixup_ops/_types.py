@@ -1,4 +1,5 @@
-"""Result types shared by the public API and every backend."""
+"""Types shared by the public API and every backend: the loss options, the results, and the
+error of a backend that cannot be loaded."""
 
 from __future__ import annotations
 
@@ -26,3 +27,27 @@ class MixupBatch(NamedTuple):
     inputs: torch.Tensor
     lam: torch.Tensor
     index: torch.Tensor
+
+
+class LossOptions(NamedTuple):
+    """Every option of the fused loss, as one value: built and checked once per call (by
+    ``_checks.loss_options``) and handed whole to the backend.
+
+    The fields are in the order of the loss operators' schemas (csrc/ops.cpp), so that a
+    compiled backend passes them as ``op(logits, mix_logits, targets, rel, *options)``. The
+    defaults are :func:`rankmixup_ops.rankmixup_loss`'s. ``ce_weight`` is 1 for the loss and 0
+    for the rank terms alone (``mrl_loss``, ``mndcg_loss``).
+    """
+
+    mode: str = "mndcg"
+    score: str = "logit"
+    ce_weight: float = 1.0
+    alpha: float = 0.1
+    margin: float = 2.0
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    reduction: str = "mean"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot be loaded in this install; the message says why and how to get it."""

@@ -1,16 +1,9 @@
 """Backend registry: which implementations this install has, and which one a call uses.
 
-A backend is an object with two methods over *checked* arguments (see
-:mod:`rankmixup_ops.functional`):
-
-- ``loss(logits, mix_logits, targets, rel, *, mode, ce_weight, alpha, margin, score,
-  ignore_index, label_smoothing, reduction) -> LossOutput``
-- ``mix(x, lam, index) -> Tensor``
-- ``relevance(targets, lam, index) -> rel``: the ``rel`` that ``loss`` takes (SPEC §3)
-
-and a ``unsupported(device) -> str | None`` that says why it cannot run on a device.
-``reference`` is always there; compiled backends register a loader that either returns the
-backend or raises :class:`BackendUnavailable` with the reason.
+A backend is an object with the methods of :class:`Backend`, over *checked* arguments (see
+:mod:`rankmixup_ops.functional`). Each lives in a module of its own, which provides it the same
+way: ``load_backend(name) -> Backend``, raising :class:`BackendUnavailable` with the reason
+when it cannot run in this install (:data:`_MODULES`). ``reference`` is always there.
 """
 
 from __future__ import annotations
@@ -18,18 +11,32 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
-from . import reference
+from ._types import BackendUnavailable, LossOptions, LossOutput
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
-class BackendUnavailable(RuntimeError):
-    """A backend cannot be loaded in this install; the message says why and how to get it."""
+class Backend(Protocol):
+    """What every backend provides (the contract of reference.py, compiled.py and triton/)."""
+
+    name: str
+
+    def unsupported(self, device: torch.device) -> str | None:
+        """Why the backend cannot run on ``device``, or None when it can."""
+
+    def relevance(self, targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``rel`` (K, B) of SPEC §3 from int64 ``targets`` (B,), ``lam`` and int64 ``index`` (K, B)."""
+
+    def loss(self, logits: torch.Tensor, mix_logits: torch.Tensor, targets: torch.Tensor, rel: torch.Tensor,
+             options: LossOptions) -> LossOutput:
+        """The loss over ``logits`` (B, C), ``mix_logits`` (K*B, C), int64 ``targets`` (B,) and ``rel``."""
+
+    def mix(self, x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``(K*B, *feat)`` mixes of ``x`` (B, *feat) with float32 ``lam`` and int64 ``index`` (K, B)."""
 
 
 class BackendStatus(NamedTuple):
@@ -37,54 +44,38 @@ class BackendStatus(NamedTuple):
     reason: str
 
 
-class _Reference:
-    """The pure-PyTorch oracle (autograd by PyTorch), on any device."""
-
-    name = "reference"
-
-    @staticmethod
-    def unsupported(device: torch.device) -> str | None:
-        return None
-
-    @staticmethod
-    def loss(logits, mix_logits, targets, rel, **options):
-        return reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, **options)
-
-    @staticmethod
-    def mix(x, lam, index):
-        return reference.mix(x, lam, index)
-
-    relevance = staticmethod(reference.relevance)
+# The module that provides each backend, and what to do when it cannot be imported.
+_MODULES = {
+    "reference": ("reference", "it is part of the package"),
+    "cpu": ("compiled", "rebuild the package"),
+    "cuda": ("compiled", "rebuild the package"),
+    "triton": ("triton", "pip install triton (CUDA GPUs; CPU tensors only under TRITON_INTERPRET=1)"),
+}
 
 
-def _import_backend(name: str, remedy: str):
-    """``rankmixup_ops.<name>.BACKEND``; an ImportError (a missing dependency) becomes the reason."""
+def _import_backend(name: str) -> Backend:
+    """``rankmixup_ops.<module>.load_backend(name)``; an ImportError (a missing dependency)
+    becomes the reason it is unavailable."""
+    module, remedy = _MODULES[name]
     try:
-        return importlib.import_module(f"{__package__}.{name}").BACKEND
+        return importlib.import_module(f"{__package__}.{module}").load_backend(name)
     except ImportError as error:
         raise BackendUnavailable(f"the {name} backend cannot be imported ({error}); {remedy}") from error
 
-
-_LOADERS: dict[str, Callable[[], object]] = {
-    "reference": lambda: _Reference,
-    "cpu": lambda: importlib.import_module(f"{__package__}._extension").load_backend("cpu"),
-    "cuda": lambda: importlib.import_module(f"{__package__}._extension").load_backend("cuda"),
-    "triton": lambda: _import_backend("triton", "pip install triton (CUDA GPUs; CPU tensors only under TRITON_INTERPRET=1)"),
-}
 
 # The order `auto` tries backends in, per device type, fastest first.
 _AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
 
 
 # Loaded backends (or the BackendUnavailable each raised), filled on first use.
-_LOADED: dict[str, object] = {}
+_LOADED: dict[str, Backend | BackendUnavailable] = {}
 
 
-def _load(name: str):
+def _load(name: str) -> Backend | BackendUnavailable:
     """The backend object, or the BackendUnavailable it raised (cached either way)."""
     if name not in _LOADED:
         try:
-            _LOADED[name] = _LOADERS[name]()
+            _LOADED[name] = _import_backend(name)
         except BackendUnavailable as error:
             _LOADED[name] = error
     return _LOADED[name]

@@ -38,9 +38,13 @@ class _RankMixupCompat(nn.Module):
         super().__init__()
         fn = type(self).__name__
         self.num_classes = check.integral(fn, "num_classes", num_classes, low=1)
-        self.alpha = check.real(fn, "alpha", alpha, low=0.0)
-        self.ignore_index = check.int64(fn, "ignore_index", ignore_index)
-        self.margin = check.real(fn, "margin", margin)
+        # The reference code's loss: max-logit MRL score, no smoothing, mean over the batch.
+        self.options = check.loss_options(fn, self.mode, "logit", 1.0, alpha, margin, ignore_index, 0.0, "mean")
+
+    # The reference code's attributes, read off the options.
+    alpha = property(lambda self: self.options.alpha)
+    margin = property(lambda self: self.options.margin)
+    ignore_index = property(lambda self: self.options.ignore_index)
 
     def forward(self, inputs, targets, mixup, target_re, lam):
         """``inputs`` ``(B, C)`` raw logits, ``targets`` ``(B,)``, ``mixup`` ``(K*B, C)`` mixed
@@ -66,20 +70,7 @@ class _RankMixupCompat(nn.Module):
 
         rel = target_re.detach().amax(dim=1).float().view(num_mix, batch)
         rel = torch.where(rel >= 1 - _ONE_TOLERANCE, torch.ones_like(rel), rel)
-        out = resolve(fn, "auto", inputs.device).loss(
-            inputs,
-            mixup,
-            targets,
-            rel,
-            mode=self.mode,
-            ce_weight=1.0,
-            alpha=self.alpha,
-            margin=self.margin,
-            score="logit",
-            ignore_index=self.ignore_index,
-            label_smoothing=0.0,
-            reduction="mean",
-        )
+        out = resolve(fn, "auto", inputs.device).loss(inputs, mixup, targets, rel, self.options)
         return out.loss, out.ce, out.rank
 
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from ._extension import extension
-from ._types import LossOutput
+from ._extension import build_info, extension
+from ._types import BackendUnavailable, LossOptions, LossOutput
 from .reference import accumulation_dtype
 
 _C = extension()  # registers the operators (raises BackendUnavailable if the build is missing)
@@ -120,11 +120,9 @@ class CompiledBackend:
         return None
 
     @staticmethod
-    def loss(logits, mix_logits, targets, rel, *, mode, ce_weight, alpha, margin, score, ignore_index,
-             label_smoothing, reduction) -> LossOutput:
-        loss, ce, rank, _, _ = _entry(logits, mix_logits, targets, rel).loss(
-            logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
-            reduction)
+    def loss(logits, mix_logits, targets, rel, options: LossOptions) -> LossOutput:
+        # LossOptions holds the options in the operator's schema order.
+        loss, ce, rank, _, _ = _entry(logits, mix_logits, targets, rel).loss(logits, mix_logits, targets, rel, *options)
         return LossOutput(loss, ce, rank)
 
     @staticmethod
@@ -134,3 +132,14 @@ class CompiledBackend:
     @staticmethod
     def mix(x, lam, index):
         return _entry(x, lam, index).mix(x, lam, index)
+
+
+def load_backend(device_type: str) -> CompiledBackend:
+    """The compiled backend for ``device_type`` ("cpu" or "cuda"), or BackendUnavailable when the
+    extension was built without its kernels."""
+    built = build_info()["backends"]
+    if device_type not in built:
+        raise BackendUnavailable(
+            f"the compiled extension was built without {device_type} kernels (it has: {', '.join(built)})"
+        )
+    return CompiledBackend(device_type)

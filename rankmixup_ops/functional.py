@@ -14,7 +14,7 @@ import torch
 
 from . import _checks as check
 from . import reference
-from ._types import LossOutput
+from ._types import LossOptions, LossOutput
 from .backends import resolve
 
 __all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
@@ -63,24 +63,8 @@ def rankmixup_loss(
         (float64 for float64 logits) whatever the input dtype.
     """
     fn = "rankmixup_loss"
-    return _loss(
-        fn,
-        logits,
-        mix_logits,
-        targets,
-        lam,
-        index,
-        mode=check.choice(fn, "mode", mode, check.MODES),
-        ce_weight=1.0,
-        alpha=check.real(fn, "alpha", alpha, low=0.0),
-        margin=check.real(fn, "margin", margin),
-        score=score,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        validate=validate,
-        backend=backend,
-    )
+    options = check.loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
+    return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend)
 
 
 def mrl_loss(
@@ -100,24 +84,8 @@ def mrl_loss(
     """The MRL rank term alone: ``(1/K) sum_k keep * relu(score(mix) - score(raw) + margin)``,
     reduced over valid samples. Arguments as in :func:`rankmixup_loss`."""
     fn = "mrl_loss"
-    return _loss(
-        fn,
-        logits,
-        mix_logits,
-        targets,
-        lam,
-        index,
-        mode="mrl",
-        ce_weight=0.0,
-        alpha=1.0,
-        margin=check.real(fn, "margin", margin),
-        score=score,
-        ignore_index=ignore_index,
-        label_smoothing=0.0,
-        reduction=reduction,
-        validate=validate,
-        backend=backend,
-    ).loss
+    options = check.loss_options(fn, "mrl", score, 0.0, 1.0, margin, ignore_index, 0.0, reduction)
+    return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend).loss
 
 
 def mndcg_loss(
@@ -134,56 +102,15 @@ def mndcg_loss(
 ) -> torch.Tensor:
     """The M-NDCG rank term alone: ``1 - NDCG`` of [raw, mixes by relevance], reduced over
     valid samples. Arguments as in :func:`rankmixup_loss`."""
-    return _loss(
-        "mndcg_loss",
-        logits,
-        mix_logits,
-        targets,
-        lam,
-        index,
-        mode="mndcg",
-        ce_weight=0.0,
-        alpha=1.0,
-        margin=0.0,
-        score="logit",
-        ignore_index=ignore_index,
-        label_smoothing=0.0,
-        reduction=reduction,
-        validate=validate,
-        backend=backend,
-    ).loss
+    fn = "mndcg_loss"
+    options = check.loss_options(fn, "mndcg", "logit", 0.0, 1.0, 0.0, ignore_index, 0.0, reduction)
+    return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend).loss
 
 
-def _loss(
-    fn,
-    logits,
-    mix_logits,
-    targets,
-    lam,
-    index,
-    *,
-    mode,
-    ce_weight,
-    alpha,
-    margin,
-    score,
-    ignore_index,
-    label_smoothing,
-    reduction,
-    validate,
-    backend,
-) -> LossOutput:
-    """Checks the tensors and the options every loss shares (each caller has checked its own:
-    ``mode``, ``alpha``, ``margin``), then runs the backend.
-
-    The options are spelled out rather than passed as ``**options``: at the paper's shapes the
-    kernels take tens of microseconds, and building and unpacking keyword dicts costs one or two.
-    """
+def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOptions, validate, backend) -> LossOutput:
+    """Checks the tensors, then runs the backend with ``options`` (checked by the caller, once:
+    the modules check theirs at construction)."""
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
-    score = check.choice(fn, "score", score, check.SCORES)
-    ignore_index = check.int64(fn, "ignore_index", ignore_index)
-    label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
     if check.validation_requested(check.flag(fn, "validate", validate)):
         check.validate_values(
             fn,
@@ -191,25 +118,13 @@ def _loss(
             index=index,
             targets=targets,
             num_classes=logits.shape[1],
-            ignore_index=ignore_index,
+            ignore_index=options.ignore_index,
         )
     impl = resolve(fn, backend, logits.device)
-    return impl.loss(
-        logits,
-        mix_logits,
-        targets,
-        # lam is sampled data: the loss is differentiable in the logits alone (SPEC §6), on
-        # every backend, even for a lam that requires grad.
-        impl.relevance(targets, lam.detach() if lam.requires_grad else lam, index),
-        mode=mode,
-        ce_weight=ce_weight,
-        alpha=alpha,
-        margin=margin,
-        score=score,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
+    # lam is sampled data: the loss is differentiable in the logits alone (SPEC §6), on every
+    # backend, even for a lam that requires grad.
+    rel = impl.relevance(targets, lam.detach() if lam.requires_grad else lam, index)
+    return impl.loss(logits, mix_logits, targets, rel, options)
 
 
 def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):

@@ -8,7 +8,7 @@ from torch import nn
 from . import _checks as check
 from ._types import LossOutput, MixupBatch
 from .backends import check_name
-from .functional import rankmixup_loss
+from .functional import loss_call
 from .mixup import mixup
 
 __all__ = ["RankMixupLoss", "Mixup"]
@@ -37,37 +37,19 @@ class RankMixupLoss(nn.Module):
     ):
         super().__init__()
         fn = "RankMixupLoss"
-        self.mode = check.choice(fn, "mode", mode, check.MODES)
-        self.alpha = check.real(fn, "alpha", alpha, low=0.0)
-        self.margin = check.real(fn, "margin", margin)
-        self.score = check.choice(fn, "score", score, check.SCORES)
-        self.ignore_index = check.int64(fn, "ignore_index", ignore_index)
-        self.label_smoothing = check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-        self.reduction = check.choice(fn, "reduction", reduction, check.REDUCTIONS)
+        self.options = check.loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing,
+                                          reduction)
         self.validate = check.flag(fn, "validate", validate)
         self.backend = check_name(fn, backend)
 
     def forward(self, logits, mix_logits, targets, lam, index) -> LossOutput:
-        return rankmixup_loss(
-            logits,
-            mix_logits,
-            targets,
-            lam,
-            index,
-            mode=self.mode,
-            alpha=self.alpha,
-            margin=self.margin,
-            score=self.score,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            validate=self.validate,
-            backend=self.backend,
-        )
+        return loss_call("RankMixupLoss", logits, mix_logits, targets, lam, index, self.options, self.validate,
+                         self.backend)
 
     def extra_repr(self) -> str:
-        margin = f", margin={self.margin}, score={self.score!r}" if self.mode == "mrl" else ""
-        return f"mode={self.mode!r}, alpha={self.alpha}{margin}, reduction={self.reduction!r}"
+        options = self.options
+        margin = f", margin={options.margin}, score={options.score!r}" if options.mode == "mrl" else ""
+        return f"mode={options.mode!r}, alpha={options.alpha}{margin}, reduction={options.reduction!r}"
 
 
 class Mixup(nn.Module):

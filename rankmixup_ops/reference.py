@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._types import LossOutput
+from ._types import LossOptions, LossOutput
 
 __all__ = [
     "mix",
@@ -79,29 +79,12 @@ def rankmixup_loss(
     targets: torch.Tensor,
     lam: torch.Tensor,
     index: torch.Tensor,
-    *,
-    mode: str = "mndcg",
-    alpha: float = 0.1,
-    margin: float = 2.0,
-    score: str = "logit",
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    **options,
 ) -> LossOutput:
-    """``CE(raw) + alpha * rank`` (SPEC §5); ``lam`` is ``(K, B)``."""
-    return rankmixup_loss_from_relevance(
-        logits,
-        mix_logits,
-        targets,
-        relevance(targets, lam, index),
-        mode=mode,
-        alpha=alpha,
-        margin=margin,
-        score=score,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
+    """``CE(raw) + alpha * rank`` (SPEC §5); ``lam`` is ``(K, B)``; ``options`` are the fields of
+    :class:`~rankmixup_ops._types.LossOptions` (``mode``, ``alpha``, ...), unchecked."""
+    rel = relevance(targets, lam, index)
+    return rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, LossOptions(**options))
 
 
 def rankmixup_loss_from_relevance(
@@ -109,19 +92,13 @@ def rankmixup_loss_from_relevance(
     mix_logits: torch.Tensor,
     targets: torch.Tensor,
     rel: torch.Tensor,
-    *,
-    mode: str,
-    alpha: float,
-    margin: float,
-    score: str,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    ce_weight: float = 1.0,
+    options: LossOptions,
 ) -> LossOutput:
-    """``ce_weight * CE + alpha * rank`` given the relevance ``rel`` (K, B) of every mix: all the pairing
-    information the loss needs (SPEC §3). The compat classes call this with the relevance
-    read off the reference code's soft targets; ``ce_weight=0`` gives the rank term alone."""
+    """``ce_weight * CE + alpha * rank`` given the relevance ``rel`` (K, B) of every mix: all the
+    pairing information the loss needs (SPEC §3). The compat classes call this with the
+    relevance read off the reference code's soft targets; ``ce_weight=0`` gives the rank term
+    alone."""
+    mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction = options
     batch, _ = logits.shape
     num_mix = rel.shape[0]
     acc = accumulation_dtype(logits.dtype)
@@ -192,3 +169,23 @@ def _mndcg(z_raw, z_mix, rel) -> torch.Tensor:
     ndcg = torch.where(idcg > dcg, dcg / idcg, idcg / dcg)
     return 1 - ndcg
 
+
+
+class _ReferenceBackend:
+    """This module as a backend (see :class:`rankmixup_ops.backends.Backend`): on any device,
+    autograd by PyTorch."""
+
+    name = "reference"
+
+    @staticmethod
+    def unsupported(device: torch.device) -> str | None:
+        return None
+
+    loss = staticmethod(rankmixup_loss_from_relevance)
+    mix = staticmethod(mix)
+    relevance = staticmethod(relevance)
+
+
+def load_backend(name: str) -> _ReferenceBackend:
+    """The reference backend (``name`` is ``"reference"``)."""
+    return _ReferenceBackend()

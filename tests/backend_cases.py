@@ -11,6 +11,7 @@ import random
 import torch
 
 from rankmixup_ops import reference
+from rankmixup_ops._types import LossOptions
 from rankmixup_ops.backends import resolve
 
 # A seed per test session: fresh inputs each run, reproducible from the failure message.
@@ -50,18 +51,16 @@ def problem(batch, num_mix, classes, *, dtype=torch.float32, ignore="some", seed
     return [t.to(device) for t in (logits, mix_logits, targets, reference.relevance(targets, lam, index))]
 
 
-def options(mode="mndcg", score="logit", reduction="mean", **overrides):
-    opts = dict(mode=mode, score=score, reduction=reduction, ce_weight=1.0, alpha=0.3, margin=1.5,
-                ignore_index=-100, label_smoothing=0.1)
-    opts.update(overrides)
-    return opts
+def options(mode="mndcg", score="logit", reduction="mean", **overrides) -> LossOptions:
+    return LossOptions(mode=mode, score=score, reduction=reduction, ce_weight=1.0, alpha=0.3, margin=1.5,
+                       ignore_index=-100, label_smoothing=0.1)._replace(**overrides)
 
 
 def run(backend, logits, mix_logits, targets, rel, opts, *, grad_weight_seed=0):
     """Loss, parts and the gradients of sum(weight * loss) (a non-unit grad_output)."""
     logits = logits.detach().clone().requires_grad_()
     mix_logits = mix_logits.detach().clone().requires_grad_()
-    out = backend.loss(logits, mix_logits, targets, rel, **opts)
+    out = backend.loss(logits, mix_logits, targets, rel, opts)
     weight = torch.rand(out.loss.shape, generator=gen(grad_weight_seed), dtype=torch.float64) + 0.5
     (out.loss * weight.to(out.loss)).sum().backward()
     return [out.loss.detach(), out.ce, out.rank, logits.grad, mix_logits.grad]

@@ -35,7 +35,8 @@ from rankmixup_ops import reference
 from rankmixup_ops.backends import BackendUnavailable
 
 try:
-    from rankmixup_ops._extension import build_info, load_backend
+    from rankmixup_ops._extension import build_info
+    from rankmixup_ops.compiled import load_backend
 
     CPU = load_backend("cpu")
     CPU_ROW_LOOPS = build_info()["cpu_row_loops"]
@@ -164,13 +165,13 @@ def test_forward_only_and_partial_grads():
     logits, mix_logits, targets, rel = problem(8, 3, 10, seed=6)
     opts = options()
     with torch.no_grad():
-        no_grad = CPU.loss(logits, mix_logits, targets, rel, **opts)
-    expected = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, **opts)
+        no_grad = CPU.loss(logits, mix_logits, targets, rel, opts)
+    expected = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, opts)
     torch.testing.assert_close(no_grad.loss, expected.loss)
     raw = logits.clone().requires_grad_()  # only one input needs a gradient
-    CPU.loss(raw, mix_logits, targets, rel, **opts).loss.backward()
+    CPU.loss(raw, mix_logits, targets, rel, opts).loss.backward()
     raw_ref = logits.clone().requires_grad_()
-    expected = reference.rankmixup_loss_from_relevance(raw_ref, mix_logits, targets, rel, **opts)
+    expected = reference.rankmixup_loss_from_relevance(raw_ref, mix_logits, targets, rel, opts)
     expected.loss.backward()
     torch.testing.assert_close(raw.grad, raw_ref.grad)
 
@@ -178,7 +179,7 @@ def test_forward_only_and_partial_grads():
 def test_retain_graph_backward_twice():
     logits, mix_logits, targets, rel = problem(8, 3, 10, seed=8)
     raw = logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix_logits, targets, rel, **options()).loss
+    loss = CPU.loss(raw, mix_logits, targets, rel, options()).loss
     loss.backward(retain_graph=True)
     first = raw.grad.clone()
     (3 * loss).backward()
@@ -194,7 +195,7 @@ def test_retain_graph_second_backward_recomputes(reduction, dtype):
     (rows the first backward leaves as the forward wrote them) sit beside other weights."""
     logits, mix_logits, targets, rel = problem(8, 3, 21, dtype=dtype, seed=8)
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
+    loss = CPU.loss(raw, mix, targets, rel, options(reduction=reduction)).loss
     weight = torch.rand(loss.shape, generator=gen(8)) + 0.5
     if reduction == "none":
         weight[::2] = 1.0
@@ -212,7 +213,7 @@ def test_ignored_rows_stay_zero_whatever_grad_output(reduction):
     logits, mix_logits, targets, rel = problem(6, 2, 9, ignore="none", seed=18)
     targets[[1, 4]] = -100
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix, targets, rel, **options(reduction=reduction)).loss
+    loss = CPU.loss(raw, mix, targets, rel, options(reduction=reduction)).loss
     loss.backward(torch.full_like(loss, float("inf")), retain_graph=True)
     first = raw.grad.clone(), mix.grad.clone()
     raw.grad = mix.grad = None
@@ -226,10 +227,10 @@ def test_create_graph_gives_the_first_derivative():
     forward's gradients (csrc/autograd.cpp); either way the first derivative is the reference's."""
     logits, mix_logits, targets, rel = problem(5, 2, 7, seed=19)
     raw = logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix_logits, targets, rel, **options()).loss
+    loss = CPU.loss(raw, mix_logits, targets, rel, options()).loss
     (grad,) = torch.autograd.grad(loss, raw, create_graph=True)
     ref_raw = logits.clone().requires_grad_()
-    expected = reference.rankmixup_loss_from_relevance(ref_raw, mix_logits, targets, rel, **options()).loss
+    expected = reference.rankmixup_loss_from_relevance(ref_raw, mix_logits, targets, rel, options()).loss
     torch.testing.assert_close(grad, torch.autograd.grad(expected, ref_raw)[0])
 
 
@@ -259,7 +260,7 @@ def test_bad_targets_raise():
     logits, mix_logits, targets, rel = problem(4, 1, 5, ignore="none", seed=9)
     targets[0] = 5
     with pytest.raises(RuntimeError, match="outside"):
-        CPU.loss(logits, mix_logits, targets, rel, **options())
+        CPU.loss(logits, mix_logits, targets, rel, options())
 
 
 # --- mix ---------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ def test_compiled_training_step_has_no_graph_break():
 
     def step(x):
         out = model(torch.cat([x, CPU.mix(x, lam, index)]))
-        return CPU.loss(out[:6], out[6:], targets, rel, **options("mrl", "prob")).loss
+        return CPU.loss(out[:6], out[6:], targets, rel, options("mrl", "prob")).loss
 
     step(x).backward()
     grad = model.weight.grad.clone()
@@ -466,10 +467,8 @@ def test_direct_entry_points_equal_torch_ops():
 
     class ViaOps:  # the backend's loss, through torch.ops
         @staticmethod
-        def loss(*tensors, **opts):
-            return compiled.LossOutput(*compiled.ops.loss(*tensors, opts["mode"], opts["score"], opts["ce_weight"],
-                                                          opts["alpha"], opts["margin"], opts["ignore_index"],
-                                                          opts["label_smoothing"], opts["reduction"])[:3])
+        def loss(logits, mix_logits, targets, rel, opts):
+            return compiled.LossOutput(*compiled.ops.loss(logits, mix_logits, targets, rel, *opts)[:3])
 
     for a, b in zip(direct, run(ViaOps, logits, mix_logits, targets, rel, options())):
         assert torch.equal(a, b)
@@ -503,7 +502,7 @@ def test_torch_function_modes_and_subclasses_get_torch_ops():
     logits, mix_logits, targets, rel = problem(6, 2, 5, seed=6)
     with _FunctionLog() as log:
         assert compiled._entry(logits, mix_logits, targets, rel) is compiled.ops
-        CPU.loss(logits, mix_logits, targets, rel, **options())
+        CPU.loss(logits, mix_logits, targets, rel, options())
     assert log.seen == [torch.ops.rankmixup.loss]
     subclassed = logits.as_subclass(_Subclass)
     assert compiled._entry(subclassed, mix_logits, targets, rel) is compiled.ops
@@ -514,5 +513,5 @@ def test_dispatch_modes_see_direct_calls():
     by the dispatcher, whichever entry point the call took."""
     logits, mix_logits, targets, rel = problem(6, 2, 5, seed=7)
     with _DispatchLog() as log:
-        CPU.loss(logits, mix_logits, targets, rel, **options())
+        CPU.loss(logits, mix_logits, targets, rel, options())
     assert log.seen == [torch.ops.rankmixup.loss.default]

@@ -42,7 +42,7 @@ from rankmixup_ops import reference
 from rankmixup_ops.backends import BackendUnavailable
 
 try:
-    from rankmixup_ops import _extension
+    from rankmixup_ops import _extension, compiled
 
     INFO = _extension.build_info()
 except BackendUnavailable as error:  # pragma: no cover - `make test` always builds it
@@ -51,7 +51,7 @@ except BackendUnavailable as error:  # pragma: no cover - `make test` always bui
 OPS = ("loss", "loss_backward", "mix", "mix_backward")
 HAS_CUDA_KERNELS = "cuda" in INFO["backends"]
 needs_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="extension built without CUDA kernels")
-CUDA = _extension.load_backend("cuda") if HAS_CUDA_KERNELS else None
+CUDA = compiled.load_backend("cuda") if HAS_CUDA_KERNELS else None
 
 
 def gpu(test):
@@ -143,7 +143,7 @@ def test_loss_many_mixes(num_mix, classes):
 def test_loss_too_many_mixes_raise():
     logits, mix_logits, targets, rel = problem(2, 1000, 2, device="cuda")
     with pytest.raises(RuntimeError, match="shared memory"):
-        CUDA.loss(logits, mix_logits, targets, rel, **options())
+        CUDA.loss(logits, mix_logits, targets, rel, options())
 
 
 @gpu
@@ -227,11 +227,11 @@ def test_forward_only_and_retain_graph():
     logits, mix_logits, targets, rel = problem(8, 3, 10, seed=6, device="cuda")
     opts = options()
     with torch.no_grad():
-        no_grad = CUDA.loss(logits, mix_logits, targets, rel, **opts)
+        no_grad = CUDA.loss(logits, mix_logits, targets, rel, opts)
     torch.testing.assert_close(no_grad.loss, reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel,
-                                                                                     **opts).loss)
+                                                                                     opts).loss)
     raw = logits.clone().requires_grad_()  # only one input needs a gradient
-    loss = CUDA.loss(raw, mix_logits, targets, rel, **opts).loss
+    loss = CUDA.loss(raw, mix_logits, targets, rel, opts).loss
     loss.backward(retain_graph=True)
     first = raw.grad.clone()
     (3 * loss).backward()
@@ -253,13 +253,13 @@ def test_loss_is_deterministic(reduction):
 def test_loss_runs_on_the_current_stream():
     """Inputs written on a side stream just before the call must be what the kernels read."""
     prob = problem(64, 3, 1000, seed=22, device="cuda")
-    expected = CUDA.loss(*prob, **options(reduction="none")).loss
+    expected = CUDA.loss(*prob, options(reduction="none")).loss
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         torch.cuda._sleep(50_000_000)  # the copy below lands long after a wrong-stream kernel ran
         late = [t.clone() for t in prob]
-        actual = CUDA.loss(*late, **options(reduction="none")).loss
+        actual = CUDA.loss(*late, options(reduction="none")).loss
     stream.synchronize()
     assert torch.equal(actual, expected)
 
@@ -377,7 +377,7 @@ def test_compiled_training_step_has_no_graph_break(compiler):
 
     def step(x):
         out = model(torch.cat([x, CUDA.mix(x, lam, index)]))
-        return CUDA.loss(out[:6], out[6:], targets, rel, **options("mrl", "prob")).loss
+        return CUDA.loss(out[:6], out[6:], targets, rel, options("mrl", "prob")).loss
 
     step(x).backward()
     grad = model.weight.grad.clone()

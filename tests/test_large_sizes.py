@@ -20,6 +20,7 @@ from tolerances import gradient_tolerance, output_tolerance
 
 import rankmixup_ops as rmx
 from rankmixup_ops import reference
+from rankmixup_ops._types import LossOptions
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +120,8 @@ def test_loss_beyond_int32_offsets(backend, device, shape):
     raw = logits.detach()[on_device].cpu().double().requires_grad_()
     mixed = mix_rows(mix_logits).double().flatten(0, 1).requires_grad_()
     rel = reference.relevance(targets, lam.cpu(), index.cpu())[:, samples]
-    expected = reference.rankmixup_loss_from_relevance(raw, mixed, targets[samples], rel, ignore_index=IGNORE,
-                                                       reduction="none", **LOSS_OPTIONS)
+    options = LossOptions(ignore_index=IGNORE, reduction="none", **LOSS_OPTIONS)
+    expected = reference.rankmixup_loss_from_relevance(raw, mixed, targets[samples], rel, options)
     expected_grads = torch.autograd.grad(expected.loss, (raw, mixed), weight[samples].double())
 
     for name, got, want in zip(("loss", "ce", "rank"), out, expected):

@@ -16,6 +16,7 @@ pytest.importorskip("triton")
 
 import rankmixup_ops as rmx  # noqa: E402
 from rankmixup_ops import reference  # noqa: E402
+from rankmixup_ops._types import LossOptions  # noqa: E402
 from rankmixup_ops.triton import BACKEND  # noqa: E402
 from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
 from rankmixup_ops.triton import mix as triton_mix  # noqa: E402
@@ -50,18 +51,8 @@ def _problem(device, *, batch=6, classes=37, num_mix=3, dtype=torch.float32, see
 
 
 def _options(mode="mndcg", score="logit", reduction="mean", **overrides):
-    options = dict(
-        mode=mode,
-        ce_weight=1.0,
-        alpha=0.7,
-        margin=2.0 if score == "logit" else 0.3,
-        score=score,
-        ignore_index=-100,
-        label_smoothing=0.0,
-        reduction=reduction,
-    )
-    options.update(overrides)
-    return options
+    margin = 2.0 if score == "logit" else 0.3
+    return LossOptions(mode=mode, score=score, alpha=0.7, margin=margin, reduction=reduction)._replace(**overrides)
 
 
 def _run(loss_fn, logits, mix_logits, targets, rel, options, grad_scale=0.7, **kwargs):
@@ -69,7 +60,7 @@ def _run(loss_fn, logits, mix_logits, targets, rel, options, grad_scale=0.7, **k
     for reduction="none") with respect to both logit tensors."""
     logits = logits.detach().requires_grad_()
     mix_logits = mix_logits.detach().requires_grad_()
-    out = loss_fn(logits, mix_logits, targets, rel, **options, **kwargs)
+    out = loss_fn(logits, mix_logits, targets, rel, options, **kwargs)
     weight = torch.full_like(out.loss, grad_scale)
     if out.loss.dim():
         weight = torch.linspace(-1, 2, out.loss.numel(), dtype=out.loss.dtype, device=out.loss.device)
@@ -189,7 +180,7 @@ def test_no_grad_forward_writes_no_gradient(device):
             logits, mix_logits, targets, rel, "mndcg", "logit", -100, 1.0, 0.7, 2.0, 0.0, False, 0
         )
     assert out[3].shape == (0, logits.shape[1])
-    want = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, **options)
+    want = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, options)
     torch.testing.assert_close(out[0], want.loss)
 
 

@@ -55,7 +55,8 @@ def workload() -> None:
     import torch
 
     from rankmixup_ops import reference
-    from rankmixup_ops._extension import load_backend
+    from rankmixup_ops._types import LossOptions
+    from rankmixup_ops.compiled import load_backend
 
     cuda = load_backend("cuda")
     gen = torch.Generator().manual_seed(0)
@@ -80,8 +81,8 @@ def workload() -> None:
             for mode, score in (("mrl", "logit"), ("mrl", "prob"), ("mndcg", "prob")):
                 for reduction in ("mean", "sum", "none"):
                     raw, mixed = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-                    out = cuda.loss(raw, mixed, targets, rel, mode=mode, score=score, ce_weight=1.0, alpha=0.5,
-                                    margin=1.0, ignore_index=-100, label_smoothing=0.1, reduction=reduction)
+                    options = LossOptions(mode, score, 1.0, 0.5, 1.0, -100, 0.1, reduction)
+                    out = cuda.loss(raw, mixed, targets, rel, options)
                     out.loss.backward(torch.rand_like(out.loss))
 
     for batch, num_mix, feat in [(8, 3, (3, 8, 8)), (5, 2, (7,))]:  # vector and element-wise rows

@@ -34,8 +34,8 @@ class TritonBackend:
         return f"Triton kernels run on CUDA tensors, not {device.type}"
 
     @staticmethod
-    def loss(logits, mix_logits, targets, rel, **options):
-        return rankmixup_loss(logits, mix_logits, targets, rel, **options)
+    def loss(logits, mix_logits, targets, rel, options):
+        return rankmixup_loss(logits, mix_logits, targets, rel, options)
 
     @staticmethod
     def mix(x, lam, index):
@@ -46,3 +46,8 @@ class TritonBackend:
 
 
 BACKEND = TritonBackend()
+
+
+def load_backend(name: str) -> TritonBackend:
+    """The Triton backend (``name`` is ``"triton"``); importing this module needs Triton."""
+    return BACKEND

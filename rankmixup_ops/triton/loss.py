@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from .._types import LossOutput
+from .._types import LossOptions, LossOutput
 from . import launch
 
 # The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
@@ -353,22 +353,7 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
 
 
-def rankmixup_loss(
-    logits: torch.Tensor,
-    mix_logits: torch.Tensor,
-    targets: torch.Tensor,
-    rel: torch.Tensor,
-    *,
-    mode: str,
-    ce_weight: float,
-    alpha: float,
-    margin: float,
-    score: str,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    block_c: int = 0,
-) -> LossOutput:
+def rankmixup_loss(logits, mix_logits, targets, rel, options: LossOptions, block_c: int = 0) -> LossOutput:
     """The backend's loss over checked inputs, reduced as
     :func:`rankmixup_ops.reference.rankmixup_loss_from_relevance` reduces.
 
@@ -381,21 +366,21 @@ def rankmixup_loss(
         mix_logits,
         targets,
         rel,
-        mode,
-        score,
-        ignore_index,
-        float(ce_weight),
-        float(alpha),
-        float(margin),
-        float(label_smoothing),
+        options.mode,
+        options.score,
+        options.ignore_index,
+        float(options.ce_weight),
+        float(options.alpha),
+        float(options.margin),
+        float(options.label_smoothing),
         need_grad,
         block_c,
     )
     ce, rank = ce.detach(), rank.detach()
-    if reduction == "none":
+    if options.reduction == "none":
         return LossOutput(loss, ce, rank)
-    if reduction == "sum":
+    if options.reduction == "sum":
         return LossOutput(loss.sum(), ce.sum(), rank.sum())
     # A mean over zero valid samples is 0, never NaN; the count stays on the device.
-    scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(loss.dtype)
+    scale = 1.0 / (targets != options.ignore_index).sum().clamp(min=1).to(loss.dtype)
     return LossOutput(loss.sum() * scale, ce.sum() * scale, rank.sum() * scale)
