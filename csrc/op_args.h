@@ -16,6 +16,12 @@ namespace rankmixup {
 
 enum class Reduction { kMean, kSum, kNone };
 
+// The dtype the kernels compute in for inputs of `dtype`, and so the dtype of lam and rel they
+// take: float64 for float64 inputs, float32 for every other floating dtype.
+inline at::ScalarType accumulation_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 struct LossOptions {
   Mode mode;
   Score score;
@@ -39,8 +45,9 @@ inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logi
   // The CPU row loops index within a row in 32 bits (and across rows in 64).
   TORCH_CHECK(logits.size(1) <= std::numeric_limits<int32_t>::max(), "rankmixup::loss: more than 2^31 - 1 classes");
   const int64_t batch = logits.size(0);
-  TORCH_CHECK(rel.dim() == 2 && rel.size(1) == batch && rel.size(0) >= 1 && rel.scalar_type() == at::kFloat,
-              "rankmixup::loss: rel must be float32 (K, B)");
+  TORCH_CHECK(rel.dim() == 2 && rel.size(1) == batch && rel.size(0) >= 1 &&
+                  rel.scalar_type() == accumulation_type(logits.scalar_type()),
+              "rankmixup::loss: rel must be (K, B), float64 for float64 logits and float32 for the others");
   TORCH_CHECK(mix_logits.dim() == 2 && mix_logits.size(0) == rel.size(0) * batch &&
                   mix_logits.size(1) == logits.size(1) && mix_logits.scalar_type() == logits.scalar_type(),
               "rankmixup::loss: mix_logits must be (K*B, C) with the dtype of logits");
@@ -99,15 +106,16 @@ inline void check_scale_grads_args(const at::Tensor& grad_logits, const at::Tens
 inline void check_mix_args(const char* op, const at::Tensor& x, const at::Tensor& lam, const at::Tensor& index) {
   TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, op,
               ": index must be int64 (K, B), non-empty");
-  TORCH_CHECK(lam.sizes() == index.sizes() && lam.scalar_type() == at::kFloat, op, ": lam must be float32 (K, B)");
   TORCH_CHECK(x.is_floating_point(), op, ": x must be floating point");
+  TORCH_CHECK(lam.sizes() == index.sizes() && lam.scalar_type() == accumulation_type(x.scalar_type()), op,
+              ": lam must be (K, B), float64 for float64 x and float32 for the others");
   TORCH_CHECK(x.device() == lam.device() && x.device() == index.device(), op, ": all tensors must be on one device");
 }
 
 inline void check_relevance_args(const at::Tensor& targets, const at::Tensor& lam, const at::Tensor& index) {
   TORCH_CHECK(index.dim() == 2 && index.scalar_type() == at::kLong, "rankmixup::relevance: index must be int64 (K, B)");
-  TORCH_CHECK(lam.sizes() == index.sizes() && lam.scalar_type() == at::kFloat,
-              "rankmixup::relevance: lam must be float32 (K, B)");
+  TORCH_CHECK(lam.sizes() == index.sizes() && (lam.scalar_type() == at::kFloat || lam.scalar_type() == at::kDouble),
+              "rankmixup::relevance: lam must be float32 or float64 (K, B)");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == index.size(1) && targets.scalar_type() == at::kLong,
               "rankmixup::relevance: targets must be int64 (B,)");
   TORCH_CHECK(lam.device() == targets.device() && index.device() == targets.device(),

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._types import LossOptions
+from ._types import LossOptions, accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MODES = ("mndcg", "mrl")
@@ -145,11 +145,12 @@ def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, l
     )
 
 
-def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
+def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device, dtype: torch.dtype = torch.float32):
     """Checks ``index`` ``(K, B)`` and ``lam`` ``(K,)`` or ``(K, B)``.
 
     ``lam`` may also be a Python number or sequence (as the reference code passes it).
-    Returns ``(lam, index)`` as float32 ``(K, B)`` and int64 ``(K, B)``.
+    Returns ``(lam, index)`` as ``(K, B)`` in ``dtype`` (the accumulation dtype of the data it
+    mixes or scores: float64 for float64, else float32) and int64 ``(K, B)``.
     """
     index = integer(fn, "index", index)
     if index.dim() != 2 or index.numel() == 0:
@@ -158,26 +159,26 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device):
     if batch is not None and index_batch != batch:
         raise shape_error(fn, "index", index, f"(K, {batch}) to match the batch")
     if not isinstance(lam, torch.Tensor):
-        lam = _lam_tensor(fn, lam, device)
+        lam = _lam_tensor(fn, lam, device, dtype)
     floating(fn, "lam", lam)
     lam_shape = lam.shape
     if lam_shape != (num_mix, index_batch) and lam_shape != (num_mix,):
         raise shape_error(fn, "lam", lam, f"({num_mix},) or ({num_mix}, {index_batch}) to match index")
     if lam.device != index.device:  # tested first: building same_device's keyword dict costs more
         same_device(fn, "index", index, lam=lam)
-    if lam.dtype != torch.float32:
-        lam = lam.float()
+    if lam.dtype != dtype:
+        lam = lam.to(dtype)
     if len(lam_shape) == 1:
         lam = lam.unsqueeze(1).expand(num_mix, index_batch)
     return lam, index
 
 
-def _lam_tensor(fn: str, lam, device: torch.device) -> torch.Tensor:
-    """A Python number or sequence of numbers as a 1-D float32 tensor on ``device``."""
+def _lam_tensor(fn: str, lam, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A Python number or sequence of numbers as a 1-D tensor of ``dtype`` on ``device``."""
     if isinstance(lam, (bool, str)) or not isinstance(lam, (numbers.Real, Sequence)):
         raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers, got {_describe(lam)}")
     try:
-        return torch.as_tensor(lam, dtype=torch.float32, device=device).reshape(-1)
+        return torch.as_tensor(lam, dtype=dtype, device=device).reshape(-1)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{fn}: lam must be a tensor, a number or a sequence of numbers ({error})") from None
 

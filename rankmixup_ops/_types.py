@@ -8,6 +8,12 @@ from typing import NamedTuple
 import torch
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are computed in float64, everything else in float32 (SPEC §6); lam and the
+    relevance travel in this dtype too."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class LossOutput(NamedTuple):
     """What the RankMixup losses return.
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import _checks as check
+from ._types import accumulation_dtype
 from .backends import resolve
 
 __all__ = ["RankMixup_MRL", "RankMixup_MNDCG"]
@@ -68,7 +69,7 @@ class _RankMixupCompat(nn.Module):
         if isinstance(lam, torch.Tensor) and lam.numel() not in (num_mix, num_mix * batch):
             raise ValueError(f"{fn}: lam has {lam.numel()} values but mixup holds {num_mix} mixes of {batch} samples")
 
-        rel = target_re.detach().amax(dim=1).float().view(num_mix, batch)
+        rel = target_re.detach().amax(dim=1).to(accumulation_dtype(inputs.dtype)).view(num_mix, batch)
         rel = torch.where(rel >= 1 - _ONE_TOLERANCE, torch.ones_like(rel), rel)
         out = resolve(fn, "auto", inputs.device).loss(inputs, mixup, targets, rel, self.options)
         return out.loss, out.ce, out.rank

@@ -35,8 +35,7 @@ from __future__ import annotations
 import torch
 
 from ._extension import build_info, extension
-from ._types import BackendUnavailable, LossOptions, LossOutput
-from .reference import accumulation_dtype
+from ._types import BackendUnavailable, LossOptions, LossOutput, accumulation_dtype
 
 _C = extension()  # registers the operators (raises BackendUnavailable if the build is missing)
 ops = torch.ops.rankmixup

@@ -3,7 +3,9 @@
 Every function here checks its arguments before any kernel runs (SPEC §9) and then hands
 normalised tensors to one backend (:mod:`rankmixup_ops.backends`):
 
-- ``mix_logits`` as ``(K*B, C)``; ``lam`` as float32 ``(K, B)``; ``targets``/``index`` as int64;
+- ``mix_logits`` as ``(K*B, C)``; ``lam`` as ``(K, B)`` in the logits' accumulation dtype (float64
+  for float64 logits, else float32); ``targets``/``index`` as int64; the options as one
+  :class:`~rankmixup_ops._types.LossOptions`;
 - the pairing of each mix reduced to its relevance ``rel`` ``(K, B)`` (SPEC §3), which is all
   the loss needs to know about ``lam``, ``index`` and the partner's label.
 """
@@ -14,7 +16,7 @@ import torch
 
 from . import _checks as check
 from . import reference
-from ._types import LossOptions, LossOutput
+from ._types import LossOptions, LossOutput, accumulation_dtype
 from .backends import resolve
 
 __all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
@@ -138,7 +140,7 @@ def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
     if targets.shape != (batch,):
         raise check.shape_error(fn, "targets", targets, f"({batch},) to match logits")
     device = logits.device
-    lam, index = check.mixing(fn, lam, index, batch=batch, device=device)
+    lam, index = check.mixing(fn, lam, index, batch=batch, device=device, dtype=accumulation_dtype(logits.dtype))
     num_mix = index.shape[0]
     check.floating(fn, "mix_logits", mix_logits)
     flat_shape = (num_mix * batch, num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks as check
-from ._types import MixupBatch
+from ._types import MixupBatch, accumulation_dtype
 from .backends import resolve
 
 __all__ = ["sample_mixup", "mix", "mixup"]
@@ -71,7 +71,7 @@ def mix(x: torch.Tensor, lam, index: torch.Tensor, *, validate: bool = False, ba
     fn = "mix"
     check.floating(fn, "x", x)
     check.shape(fn, "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
-    lam, index = check.mixing(fn, lam, index, batch=x.shape[0], device=x.device)
+    lam, index = check.mixing(fn, lam, index, batch=x.shape[0], device=x.device, dtype=accumulation_dtype(x.dtype))
     check.same_device(fn, "x", x, lam=lam, index=index)
     if check.validation_requested(check.flag(fn, "validate", validate)):
         check.validate_values(fn, lam=lam, index=index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._types import LossOptions, LossOutput
+from ._types import LossOptions, LossOutput, accumulation_dtype
 
 __all__ = [
     "mix",
@@ -23,11 +23,6 @@ __all__ = [
     "rankmixup_loss",
     "rankmixup_loss_from_relevance",
 ]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 inputs are computed in float64, everything else in float32 (SPEC §6)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import random
 import torch
 
 from rankmixup_ops import reference
-from rankmixup_ops._types import LossOptions
+from rankmixup_ops._types import LossOptions, accumulation_dtype
 from rankmixup_ops.backends import resolve
 
 # A seed per test session: fresh inputs each run, reproducible from the failure message.
@@ -42,7 +42,7 @@ def problem(batch, num_mix, classes, *, dtype=torch.float32, ignore="some", seed
     mix_logits = (torch.randn(num_mix * batch, classes, generator=g, dtype=torch.float64) * 3).to(dtype)
     targets = torch.randint(0, max(classes // 2, 1), (batch,), generator=g)  # many same-class pairs
     index = torch.stack([torch.randperm(batch, generator=g) for _ in range(num_mix)])
-    lam = torch.rand(num_mix, batch, generator=g)
+    lam = torch.rand(num_mix, batch, generator=g, dtype=accumulation_dtype(dtype))  # as the public API passes it
     lam[max(num_mix // 2, 1) :] = lam[0].clone()
     if ignore == "some":
         targets[torch.rand(batch, generator=g) < 0.3] = -100
@@ -101,7 +101,8 @@ def mix_problem(batch, num_mix, feat, *, per_sample, dtype=torch.float32, seed=0
     g = gen(seed)
     x = torch.randn(batch, *feat, generator=g, dtype=torch.float64).to(dtype)
     index = torch.stack([torch.randperm(batch, generator=g) for _ in range(num_mix)])
-    lam = torch.rand(num_mix, batch if per_sample else 1, generator=g).expand(num_mix, batch)
+    lam = torch.rand(num_mix, batch if per_sample else 1, generator=g, dtype=accumulation_dtype(dtype))
+    lam = lam.expand(num_mix, batch)
     return x.to(device), lam.to(device), index.to(device)
 
 

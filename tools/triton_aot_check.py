@@ -90,7 +90,7 @@ def loss_problems(everything: bool):
         logits = torch.zeros(batch, c, dtype=dtype)
         mix_logits = torch.zeros(k * batch, c, dtype=dtype)
         targets = torch.zeros(batch, dtype=torch.int64)
-        rel = torch.zeros(k, batch)
+        rel = torch.zeros(k, batch, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
         args = (logits, mix_logits, targets, rel, mode, score, -100, 1.0, 0.1, 2.0, smoothing, need_grad, 0)
         name = f"loss {str(dtype)[6:]} K={k} C={c} {mode}/{score} ls={smoothing} grad={need_grad}"
         yield main, name, lambda args=args: _run_loss(args)
@@ -108,7 +108,7 @@ def mix_problems(everything: bool):
     dtypes = (torch.bfloat16, torch.float32) + ((torch.float16, torch.float64) if everything else ())
     for dtype, features in itertools.product(dtypes, (3 * 32 * 32, 10, 4096 + 8)):
         x = torch.zeros(4, features, dtype=dtype)
-        lam = torch.zeros(3, 4)
+        lam = torch.zeros(3, 4, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
         index = torch.zeros(3, 4, dtype=torch.int64)
         grad = torch.zeros(12, features, dtype=dtype)
 

@@ -76,7 +76,7 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
   const int64_t num_mix = rel.size(0);
   const StridedRows<scalar_t> raw_rows(logits), mix_rows(mix_logits);
   const int64_t* y = targets.const_data_ptr<int64_t>();
-  const float* rel_data = rel.const_data_ptr<float>();
+  const acc_t* rel_data = rel.const_data_ptr<acc_t>();  // rel has the accumulation dtype
   acc_t* coef = coefs.data_ptr<acc_t>();
   int64_t* argmax = argmaxes.data_ptr<int64_t>();
 
@@ -174,7 +174,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
   const double scale =
       opts.reduction == Reduction::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
 
-  const auto acc_options = logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
   Tensor argmaxes = at::empty({num_mix + 1, batch}, logits.options().dtype(at::kLong));
   Tensor grad_logits, grad_mix;

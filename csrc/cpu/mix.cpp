@@ -22,7 +22,7 @@ constexpr int64_t kGrainElements = 1 << 15;
 // Features per block of the backward's float accumulator: small enough to stay in L1.
 constexpr int64_t kBlock = 1024;
 
-// (K, B) int64/float32 matrix of any strides (lam is often an expanded (K,) view, stride 0).
+// (K, B) int64/float32/float64 matrix of any strides (lam is often an expanded (K,) view, stride 0).
 template <class T>
 struct Matrix {
   const T* data;
@@ -55,7 +55,8 @@ std::vector<int64_t> inverse_permutation(const Matrix<int64_t>& index, int64_t n
 }
 
 template <class scalar_t>
-void mix_kernel(const Tensor& x, const Matrix<float>& lam, const Matrix<int64_t>& index, Tensor& out) {
+void mix_kernel(const Tensor& x, const Matrix<at::opmath_type<scalar_t>>& lam, const Matrix<int64_t>& index,
+                Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = x.size(0), features = x.numel() / batch;
   const scalar_t* src = x.const_data_ptr<scalar_t>();
@@ -78,7 +79,7 @@ void mix_kernel(const Tensor& x, const Matrix<float>& lam, const Matrix<int64_t>
 // grad_x[b] = sum_k lam[k,b] g[k*B+b] + (1 - lam[k,j]) g[k*B+j], j = inverse[k][b] (SPEC §2);
 // accumulated in acc_t over blocks of features, rounded once.
 template <class scalar_t>
-void mix_backward_kernel(const Tensor& grad, const Matrix<float>& lam, const std::vector<int64_t>& inverse,
+void mix_backward_kernel(const Tensor& grad, const Matrix<at::opmath_type<scalar_t>>& lam, const std::vector<int64_t>& inverse,
                          int64_t num_mix, Tensor& grad_x) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = grad_x.size(0), features = grad_x.numel() / batch;
@@ -112,7 +113,6 @@ Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index) {
   const int64_t num_mix = index.size(0), batch = index.size(1);
   const Matrix<int64_t> idx(index);
   check_index_range("rankmixup::mix", idx, num_mix, batch);
-  const Matrix<float> lam_m(lam);
   const Tensor xc = x.contiguous();
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape[0] = num_mix * batch;
@@ -120,7 +120,7 @@ Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index) {
   if (out.numel() == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rankmixup_mix_cpu",
-                                  [&] { mix_kernel<scalar_t>(xc, lam_m, idx, out); });
+                                  [&] { mix_kernel<scalar_t>(xc, Matrix<at::opmath_type<scalar_t>>(lam), idx, out); });
   return out;
 }
 
@@ -131,7 +131,6 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
               "rankmixup::mix_backward: grad must be (K*B, *feat)");
   const Matrix<int64_t> idx(index);
   const std::vector<int64_t> inverse = inverse_permutation(idx, num_mix, batch);
-  const Matrix<float> lam_m(lam);
   const Tensor gc = grad.contiguous();
   std::vector<int64_t> shape(grad.sizes().begin(), grad.sizes().end());
   shape[0] = batch;
@@ -139,7 +138,10 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
   if (grad_x.numel() == 0) return grad_x;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rankmixup_mix_backward_cpu",
-                                  [&] { mix_backward_kernel<scalar_t>(gc, lam_m, inverse, num_mix, grad_x); });
+                                  [&] {
+                                    const Matrix<at::opmath_type<scalar_t>> lam_m(lam);
+                                    mix_backward_kernel<scalar_t>(gc, lam_m, inverse, num_mix, grad_x);
+                                  });
   return grad_x;
 }
 
@@ -150,17 +152,20 @@ Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& ind
   const int64_t num_mix = index.size(0), batch = index.size(1);
   const Matrix<int64_t> idx(index);
   check_index_range("rankmixup::relevance", idx, num_mix, batch);
-  const Matrix<float> lam_m(lam);
   const int64_t* y = targets.const_data_ptr<int64_t>();
   const int64_t y_stride = targets.stride(0);
+  // In lam's dtype: float64 lam (of float64 logits) gives float64 relevances.
   Tensor rel = at::empty({num_mix, batch}, lam.options().memory_format(at::MemoryFormat::Contiguous));
-  float* out = rel.data_ptr<float>();
-  for (int64_t k = 0; k < num_mix; ++k) {
-    for (int64_t b = 0; b < batch; ++b) {
-      const float l = lam_m(k, b);
-      out[k * batch + b] = y[b * y_stride] == y[idx(k, b) * y_stride] ? 1.0f : std::max(l, 1.0f - l);
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "rankmixup_relevance_cpu", [&] {
+    const Matrix<scalar_t> lam_m(lam);
+    scalar_t* out = rel.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < num_mix; ++k) {
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t l = lam_m(k, b);
+        out[k * batch + b] = y[b * y_stride] == y[idx(k, b) * y_stride] ? scalar_t(1) : std::max(l, scalar_t(1) - l);
+      }
     }
-  }
+  });
   return rel;
 }
 

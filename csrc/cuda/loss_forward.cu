@@ -142,7 +142,7 @@ struct ForwardArgs {
   int64_t mix_row_stride, mix_col_stride;
   const int64_t* targets;
   int64_t targets_stride;
-  const float* rel;
+  const acc_t* rel;  // the accumulation dtype, as the op's checks require
   int64_t rel_stride_k, rel_stride_b;
   int64_t batch, classes, num_mix, ignore_index;
   Mode mode;
@@ -343,7 +343,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = rel.size(0);
 
-  const auto acc_options = logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
   Tensor argmaxes = at::empty({num_mix + 1, batch}, logits.options().dtype(at::kLong));
   Tensor num_valid;
@@ -382,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
                                      mix_logits.stride(1),
                                      targets.const_data_ptr<int64_t>(),
                                      targets.stride(0),
-                                     rel.const_data_ptr<float>(),
+                                     rel.const_data_ptr<acc_t>(),
                                      rel.stride(0),
                                      rel.stride(1),
                                      batch,

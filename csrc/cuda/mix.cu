@@ -30,7 +30,7 @@ namespace {
 
 using at::Tensor;
 
-// A (K, B) matrix of any strides.
+// A (K, B) matrix of any strides; lam's is in the accumulation dtype of x (the op's checks).
 template <class T>
 struct Matrix {
   const T* data;
@@ -48,7 +48,7 @@ __device__ Array<acc_t, N> nans() {
 }
 
 template <int V, class scalar_t>
-__global__ void __launch_bounds__(kMaxTeamLanes) mix_kernel(const scalar_t* x, Matrix<float> lam,
+__global__ void __launch_bounds__(kMaxTeamLanes) mix_kernel(const scalar_t* x, Matrix<at::opmath_type<scalar_t>> lam,
                                                             Matrix<int64_t> index, scalar_t* out, int64_t batch,
                                                             int64_t rows, int64_t features, int lanes) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -84,7 +84,8 @@ __global__ void inverse_permutation_kernel(Matrix<int64_t> index, int64_t num_mi
 }
 
 template <int V, class scalar_t>
-__global__ void __launch_bounds__(kMaxTeamLanes) mix_backward_kernel(const scalar_t* grad, Matrix<float> lam,
+__global__ void __launch_bounds__(kMaxTeamLanes) mix_backward_kernel(const scalar_t* grad,
+                                                                     Matrix<at::opmath_type<scalar_t>> lam,
                                                                      Matrix<int64_t> index, const int64_t* inverse,
                                                                      scalar_t* grad_x, int64_t num_mix,
                                                                      int64_t batch, int64_t features, int lanes) {
@@ -141,7 +142,7 @@ Tensor mix_cuda(const Tensor& x, const Tensor& lam, const Tensor& index) {
     const Teams teams = teams_for(features, vectorized ? kVecWidth<scalar_t> : 1);
     auto kernel = vectorized ? mix_kernel<kVecWidth<scalar_t>, scalar_t> : mix_kernel<1, scalar_t>;
     launch(kernel, ceil_div(out.size(0), teams.per_block()), teams.threads, 0, c10::cuda::getCurrentCUDAStream(),
-           xc.const_data_ptr<scalar_t>(), Matrix<float>(lam), Matrix<int64_t>(index), out.data_ptr<scalar_t>(), batch,
+           xc.const_data_ptr<scalar_t>(), Matrix<at::opmath_type<scalar_t>>(lam), Matrix<int64_t>(index), out.data_ptr<scalar_t>(), batch,
            out.size(0), features, teams.lanes);
   });
   return out;
@@ -168,7 +169,7 @@ Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& in
     const Teams teams = teams_for(features, vectorized ? kVecWidth<scalar_t> : 1);
     auto kernel = vectorized ? mix_backward_kernel<kVecWidth<scalar_t>, scalar_t> : mix_backward_kernel<1, scalar_t>;
     launch(kernel, ceil_div(batch, teams.per_block()), teams.threads, 0, stream, gc.const_data_ptr<scalar_t>(),
-           Matrix<float>(lam), idx, inverse.const_data_ptr<int64_t>(), grad_x.data_ptr<scalar_t>(), num_mix, batch,
+           Matrix<at::opmath_type<scalar_t>>(lam), idx, inverse.const_data_ptr<int64_t>(), grad_x.data_ptr<scalar_t>(), num_mix, batch,
            features, teams.lanes);
   });
   return grad_x;
