@@ -1,4 +1,5 @@
-"""Cases shared by the tests of the compiled backends (test_cpu_backend.py, test_cuda_backend.py):
+"""Cases shared by the tests of the compiled backends (test_compiled_backends.py, the matrix of
+both devices, and test_cpu_backend.py, test_cuda_backend.py):
 random problems on any device, the option sets, the shape matrix, and how a backend is run and
 compared with the reference. Fresh random inputs on every run, reproducible from SEED, which
 every failure message names.

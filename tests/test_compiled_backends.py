@@ -1,0 +1,206 @@
+"""The compiled backends (`cpu`, `cuda`) against the reference, as one matrix: every test here
+runs on the CPU backend everywhere and on the CUDA backend where a GPU is (marked gpu, run by
+`make gpu-check`). Values, parts and gradients of the fused loss over shapes, modes, scores,
+reductions, options, dtypes and layouts; the mix and its gradient; opcheck; a compiled training
+step. What only one device has keeps its own file: test_cpu_backend.py (row loops, threads,
+grad-in-forward, the direct entry points) and test_cuda_backend.py (the build, shared-memory
+limits, streams, CUDA graphs, determinism, device-side NaN instead of faults).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backend_cases import (
+    LAYOUTS,
+    LOSS_SHAPES,
+    MIX_SHAPES,
+    RANKINGS,
+    REDUCTIONS,
+    SEED,
+    close,
+    gen,
+    loss_args,
+    low_precision_errors,
+    mix_problem,
+    options,
+    problem,
+    reference_backend,
+    run,
+    run_mix,
+    strided,
+)
+
+from rankmixup_ops import reference
+from rankmixup_ops.backends import BackendUnavailable
+
+try:
+    from rankmixup_ops import _extension, compiled
+
+    BUILT = _extension.build_info()["backends"]
+except BackendUnavailable as error:  # pragma: no cover - `make test` always builds it
+    pytest.skip(f"compiled extension unavailable: {error}", allow_module_level=True)
+
+# Beyond LOSS_SHAPES, the CUDA kernels' paths: C = 100 (vectors, many rows per block), C = 4096
+# (a whole block per row, vectors), C = 128k + 3 (a whole block per row, element-wise, lanes
+# looping), and a batch large enough that the mean's divisor is counted by a kernel of its own.
+# The CPU runs them too.
+DEVICE_SHAPES = [(64, 3, 100), (4, 2, 4096), (2, 1, 128 * 1024 + 3), (2500, 1, 10)]
+GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif("cuda" not in BUILT, reason="extension built without CUDA kernels"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=GPU)])
+def device(request) -> str:
+    """Each test's device; its backend is the compiled one of that device."""
+    return request.param
+
+
+@pytest.fixture
+def backend(device):
+    return compiled.load_backend(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("mode,score", RANKINGS)
+@pytest.mark.parametrize("batch,num_mix,classes", LOSS_SHAPES + DEVICE_SHAPES)
+def test_loss_matches_reference(backend, device, batch, num_mix, classes, mode, score, reduction, dtype):
+    prob = problem(batch, num_mix, classes, dtype=dtype, seed=batch * 1000 + num_mix * 10 + classes, device=device)
+    opts = options(mode, score, reduction)
+    close(run(backend, *prob, opts), run(reference_backend(device), *prob, opts))
+
+
+@pytest.mark.parametrize("ignore", ["none", "some", "all"])
+@pytest.mark.parametrize("ce_weight,label_smoothing", [(0.0, 0.0), (1.0, 0.0), (1.0, 0.25), (0.0, 0.7)])
+@pytest.mark.parametrize("mode,score", RANKINGS)
+def test_loss_options(backend, device, mode, score, ce_weight, label_smoothing, ignore):
+    prob = problem(12, 3, 17, ignore=ignore, seed=7, device=device)
+    for reduction in REDUCTIONS:
+        opts = options(mode, score, reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
+        close(run(backend, *prob, opts), run(reference_backend(device), *prob, opts))
+
+
+# 10: the CPU scans a block of samples at a time; 23: row by row, and on CUDA element-wise;
+# 64: contiguous rows take CUDA's vector path, strided ones not.
+@pytest.mark.parametrize("classes", [10, 23, 64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_loss_any_strides(backend, device, layout, dtype, classes):
+    logits, mix_logits, targets, rel = problem(19, 3, classes, dtype=dtype, seed=3, device=device)
+    opts = options("mrl", "prob", "none")
+    expected = run(backend, logits, mix_logits, targets, rel, opts)
+    actual = [run(backend, strided(logits, layout), strided(mix_logits, layout), targets, rel, opts),
+              run(backend, logits, mix_logits, targets, rel.t().contiguous().t(), opts)]  # rel strided too
+    for got in actual:
+        if device == "cpu":  # the CPU kernels' arithmetic never depends on the layout
+            for a, e in zip(got, expected):
+                assert torch.equal(a, e)
+        else:  # CUDA splits rows among lanes by path: sums may differ in the last bit, a bf16
+            close(got, expected, 1e-5 if dtype == torch.float32 else 1e-2)  # gradient by one unit
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mode,score", RANKINGS)
+@pytest.mark.parametrize("classes", [100, 4096])
+def test_loss_low_precision(backend, device, mode, score, dtype, classes):
+    """No worse than 2x the reference's own error in that dtype, against a float64 reference."""
+    prob = problem(32, 3, classes, dtype=dtype, seed=11, device=device)
+    for reduction in REDUCTIONS:
+        err, ref_err = low_precision_errors(backend, prob, options(mode, score, reduction))
+        assert err <= 2 * ref_err + 1e-6, f"seed {SEED}: {reduction}: {device} {err:.3g} vs reference {ref_err:.3g}"
+
+
+@pytest.mark.parametrize("classes", [6, 333])
+def test_argmax_ties_go_to_lowest_index(backend, device, classes):
+    """Integer logits: many rows have tied maxima, on CUDA often in different lanes; the score
+    gradient must hit the first."""
+    g = gen(5)
+    logits = torch.randint(0, 3, (8, classes), generator=g).float().to(device)
+    mix_logits = torch.randint(0, 3, (24, classes), generator=g).float().to(device)
+    _, _, targets, rel = problem(8, 3, classes, ignore="none", seed=5, device=device)
+    for mode, score in RANKINGS:
+        opts = options(mode, score, "sum")
+        close(run(backend, logits, mix_logits, targets, rel, opts),
+              run(reference_backend(device), logits, mix_logits, targets, rel, opts))
+
+
+def test_non_finite_valid_logits_give_nan(backend, device):
+    logits, mix_logits, targets, rel = problem(4, 2, 5, ignore="none", seed=4, device=device)
+    logits[2, 3] = float("nan")
+    mix_logits[4 + 1, 0] = float("inf")
+    for mode, score in RANKINGS:
+        loss = run(backend, logits, mix_logits, targets, rel, options(mode, score, "none"))[0]
+        assert loss[[2]].isnan().all() and torch.isfinite(loss[[0, 3]]).all()
+
+
+MIX_TOLERANCES = {torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["lam(K)", "lam(K,B)"])
+@pytest.mark.parametrize("batch,num_mix,feat", MIX_SHAPES + [(8, 3, (3, 32, 32))])
+def test_mix_matches_reference(backend, device, batch, num_mix, feat, per_sample, dtype):
+    x, lam, index = mix_problem(batch, num_mix, feat, per_sample=per_sample, dtype=dtype, seed=batch + num_mix,
+                                device=device)
+    grad = torch.randn(num_mix * batch, *feat, generator=gen(1), dtype=torch.float64).to(device, dtype)
+    tolerance = MIX_TOLERANCES.get(dtype, {})
+    for a, e in zip(run_mix(backend.mix, x, lam, index, grad), run_mix(reference.mix, x, lam, index, grad)):
+        torch.testing.assert_close(a, e, **tolerance, msg=lambda m: f"seed {SEED}: {m}")
+
+
+def test_mix_non_contiguous_and_lam_grad(backend, device):
+    x, lam, index = mix_problem(6, 3, (4, 5), per_sample=True, seed=2, device=device)
+    x_t = x.transpose(1, 2).contiguous().transpose(1, 2)
+    results = []
+    for mix in (backend.mix, reference.mix):
+        xr, lr = x_t.clone().requires_grad_(), lam.clone().requires_grad_()
+        out = mix(xr, lr, index)
+        (out * torch.arange(out.numel(), device=device).view_as(out)).sum().backward()
+        results.append((out.detach(), xr.grad, lr.grad))
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
+
+
+@pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
+def test_opcheck_loss(device, reduction, requires_grad):
+    torch.library.opcheck(torch.ops.rankmixup.loss.default,
+                          loss_args(reduction, requires_grad=requires_grad, device=device))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_loss_backward(device, reduction):
+    args = loss_args(reduction, requires_grad=False, device=device)
+    _, _, _, row_coefs, row_argmax = torch.ops.rankmixup.loss(*args)
+    grad_loss = torch.rand(5, device=device) if reduction == "none" else torch.tensor(1.5, device=device)
+    torch.library.opcheck(torch.ops.rankmixup.loss_backward.default,
+                          (grad_loss, *args[:3], row_coefs, row_argmax, -100))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_opcheck_mix(device, per_sample):
+    x, lam, index = mix_problem(5, 3, (2, 3), per_sample=per_sample, seed=13, device=device)
+    torch.library.opcheck(torch.ops.rankmixup.mix.default, (x.requires_grad_(), lam, index))
+    grad = torch.randn(15, 2, 3, device=device)
+    torch.library.opcheck(torch.ops.rankmixup.mix_backward.default, (grad, lam, index))
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_training_step_has_no_graph_break(backend, device, compiler):
+    model = torch.nn.Linear(8, 5).to(device)
+    x = torch.randn(6, 8, device=device)
+    _, _, targets, rel = problem(6, 3, 5, seed=14, device=device)
+    _, lam, index = mix_problem(6, 3, (8,), per_sample=True, seed=14, device=device)
+
+    def step(x):
+        out = model(torch.cat([x, backend.mix(x, lam, index)]))
+        return backend.loss(out[:6], out[6:], targets, rel, options("mrl", "prob")).loss
+
+    step(x).backward()
+    grad = model.weight.grad.clone()
+    model.zero_grad()
+    torch.compile(step, fullgraph=True, backend=compiler)(x).backward()
+    torch.testing.assert_close(model.weight.grad, grad)
