@@ -43,8 +43,8 @@ ROW_COEFS = 5  # kRowCoefs in csrc/include/rankmixup/sample_loss.h
 
 
 @torch.library.register_fake("rankmixup::loss")
-def _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-               label_smoothing, reduction):
+def _loss_fake(logits, mix_logits, targets, rel, *options):
+    reduction = LossOptions(*options).reduction  # the schema's options, in LossOptions' order
     batch, num_classes = logits.shape
     torch._check(rel.dim() == 2 and rel.shape[1] == batch, lambda: "rankmixup::loss: rel must be (K, B)")
     torch._check(tuple(mix_logits.shape) == (rel.shape[0] * batch, num_classes),
@@ -57,10 +57,8 @@ def _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, 
 
 
 @torch.library.register_fake("rankmixup::loss_with_grad")
-def _loss_with_grad_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                         label_smoothing, reduction):
-    outputs = _loss_fake(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                         label_smoothing, reduction)
+def _loss_with_grad_fake(logits, mix_logits, targets, rel, *options):
+    outputs = _loss_fake(logits, mix_logits, targets, rel, *options)
     acc = accumulation_dtype(logits.dtype)
     return (*outputs, logits.new_empty(logits.shape, dtype=acc), mix_logits.new_empty(mix_logits.shape, dtype=acc))
 

@@ -90,9 +90,10 @@ def max_error(values, exact):
     return max((v.double() - e.double()).abs().max().item() for v, e in zip(values, exact))
 
 
-def low_precision_errors(backend, prob, opts):
-    """(backend's, reference's) largest error against a float64 reference, in prob's dtype."""
-    wide = [t.double() if t.is_floating_point() and t.dtype != torch.float32 else t for t in prob]
+def errors_against_float64(backend, prob, opts):
+    """(backend's, reference's) largest error, both run in prob's dtype, against the reference
+    run on the same values in float64."""
+    wide = [t.double() if t.is_floating_point() else t for t in prob]
     reference_ = reference_backend(prob[0].device)
     exact = run(reference_, *wide, opts)
     return max_error(run(backend, *prob, opts), exact), max_error(run(reference_, *prob, opts), exact)

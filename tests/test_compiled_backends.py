@@ -19,9 +19,9 @@ from backend_cases import (
     REDUCTIONS,
     SEED,
     close,
+    errors_against_float64,
     gen,
     loss_args,
-    low_precision_errors,
     mix_problem,
     options,
     problem,
@@ -71,6 +71,13 @@ def backend(device):
 def test_loss_matches_reference(backend, device, batch, num_mix, classes, mode, score, reduction, dtype):
     prob = problem(batch, num_mix, classes, dtype=dtype, seed=batch * 1000 + num_mix * 10 + classes, device=device)
     opts = options(mode, score, reduction)
+    if dtype == torch.float32 and classes > 2**14:
+        # Sums over 10^5 float32 logits round by many ulps on both sides, and differently (the
+        # backends' reduction orders are not torch's): each is held to twice the reference's
+        # own error against float64 instead.
+        err, ref_err = errors_against_float64(backend, prob, opts)
+        assert err <= 2 * ref_err + 1e-6, f"seed {SEED}: {device} {err:.3g} vs reference {ref_err:.3g}"
+        return
     close(run(backend, *prob, opts), run(reference_backend(device), *prob, opts))
 
 
@@ -110,7 +117,7 @@ def test_loss_low_precision(backend, device, mode, score, dtype, classes):
     """No worse than 2x the reference's own error in that dtype, against a float64 reference."""
     prob = problem(32, 3, classes, dtype=dtype, seed=11, device=device)
     for reduction in REDUCTIONS:
-        err, ref_err = low_precision_errors(backend, prob, options(mode, score, reduction))
+        err, ref_err = errors_against_float64(backend, prob, options(mode, score, reduction))
         assert err <= 2 * ref_err + 1e-6, f"seed {SEED}: {reduction}: {device} {err:.3g} vs reference {ref_err:.3g}"
 
 
