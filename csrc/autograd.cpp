@@ -8,12 +8,12 @@
 // answering for the kernels.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
 
 #include <string_view>
 #include <tuple>
 #include <utility>
 
+#include "kernels.h"
 #include "op_handles.h"
 
 namespace rankmixup {
@@ -117,6 +117,10 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
   }
 };
 
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
 LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
                           std::string_view mode, std::string_view score, double ce_weight, double alpha,
                           double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction) {
@@ -139,14 +143,6 @@ Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index) {
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index) {
   at::AutoDispatchBelowADInplaceOrView guard;
   return relevance_op().call(targets, lam, index);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, Autograd, m) {
-  m.impl("loss", &loss_autograd);
-  m.impl("relevance", &relevance_autograd);
-  m.impl("mix", &mix_autograd);
 }
 
 }  // namespace rankmixup

@@ -1,5 +1,6 @@
-// Operator schemas (one definition for every device) and the Python module `_C`, whose import
-// registers them. Kernels register per device: cpu/*.cpp (CPU) and cuda/*.cu (CUDA).
+// The operators: each one's schema and all its kernels, registered in one place (the kernels are
+// declared in kernels.h and defined in cpu/, cuda/, relevance.cpp and autograd.cpp), and the
+// Python module `_C`, whose import registers them.
 #include <pybind11/pybind11.h>
 #include <torch/extension.h>
 #include <torch/headeronly/version.h>
@@ -9,7 +10,16 @@
 #include <string_view>
 
 #include "cpu/row_ops.h"
+#include "kernels.h"
 #include "op_handles.h"
+
+// A CUDA kernel's registration, in builds that compile them (setup.py / CMakeLists.txt define
+// RANKMIXUP_WITH_CUDA then).
+#ifdef RANKMIXUP_WITH_CUDA
+#define RANKMIXUP_IF_CUDA(registration) registration
+#else
+#define RANKMIXUP_IF_CUDA(registration)
+#endif
 
 namespace {
 
@@ -46,7 +56,12 @@ pybind11::dict build_info() {
 
 }  // namespace
 
+// Every operator's schema and every kernel it has, one operator at a time: its CPU kernel, its
+// CUDA kernel (when the build has them), its autograd (the Autograd alias key: every device).
 TORCH_LIBRARY(rankmixup, m) {
+  using c10::DispatchKey;
+  const auto on = [](DispatchKey key, auto kernel) { return torch::dispatch(key, kernel); };
+
   // Fused CE + rank loss (SPEC §5). Besides the loss and its parts, returns what its backward
   // needs: per row of each sample's list (K+1, B), 5 coefficients (log-sum-exp and the
   // gradient's terms, for grad_output = 1, reduction applied) and the argmax.
@@ -54,6 +69,10 @@ TORCH_LIBRARY(rankmixup, m) {
       "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
       "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+  m.impl("loss", on(DispatchKey::CPU, &rankmixup::cpu::loss_cpu));
+  RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::cuda::loss_cuda)));
+  m.impl("loss", on(DispatchKey::Autograd, &rankmixup::loss_autograd));
+
   // The loss op's outputs and the gradients of the loss w.r.t. logits and mix_logits for
   // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits:
   // what autograd calls on devices whose kernels are bound by arithmetic rather than memory (the
@@ -63,6 +82,8 @@ TORCH_LIBRARY(rankmixup, m) {
       "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
       "Tensor grad_mix_logits)");
+  m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::cpu::loss_with_grad_cpu));
+
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
   // scalar, or (B,) for reduction='none') and keeps the rows of ignored samples zero, whatever
   // grad_loss holds (0 * inf would be NaN there). A factor of exactly 1 leaves its rows as
@@ -70,20 +91,36 @@ TORCH_LIBRARY(rankmixup, m) {
   m.def(
       "scale_grads_(Tensor(a!) grad_logits, Tensor(b!) grad_mix_logits, Tensor grad_loss, Tensor targets, "
       "int ignore_index) -> ()");
+  m.impl("scale_grads_", on(DispatchKey::CPU, &rankmixup::cpu::scale_grads_cpu));
+
   // Gradient of loss w.r.t. logits and mix_logits, scaled by grad_loss (scalar, or (B,) for
   // reduction='none').
   m.def(
       "loss_backward(Tensor grad_loss, Tensor logits, Tensor mix_logits, Tensor targets, Tensor row_coefs, "
       "Tensor row_argmax, int ignore_index) -> (Tensor grad_logits, Tensor grad_mix_logits)");
-  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam float32
-  // and index int64 (K, B) -> float32 (K, B), 1 where sample b and its partner index[k,b] share
-  // a class, else max(lam, 1 - lam). Not differentiable. A device needs no kernel of its own:
-  // it then runs the ATen composite in relevance.cpp.
+  m.impl("loss_backward", on(DispatchKey::CPU, &rankmixup::cpu::loss_backward_cpu));
+  RANKMIXUP_IF_CUDA(m.impl("loss_backward", on(DispatchKey::CUDA, &rankmixup::cuda::loss_backward_cuda)));
+
+  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam and
+  // index int64 (K, B) -> (K, B) in lam's dtype (float32, or float64 for float64 inputs), 1
+  // where sample b and its partner index[k,b] share a class, else max(lam, 1 - lam). Not
+  // differentiable. Devices without a kernel of their own (CUDA, meta) run the ATen composite.
   m.def("relevance(Tensor targets, Tensor lam, Tensor index) -> Tensor");
-  // Mixup (SPEC §2): x (B, *feat), lam float32 (K, B), index int64 (K, B) -> (K*B, *feat).
+  m.impl("relevance", on(DispatchKey::CPU, &rankmixup::cpu::relevance_cpu));
+  m.impl("relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::relevance_composite));
+  m.impl("relevance", on(DispatchKey::Autograd, &rankmixup::relevance_autograd));
+
+  // Mixup (SPEC §2): x (B, *feat), lam and index int64 (K, B) -> (K*B, *feat); lam in x's
+  // accumulation dtype (float64 for float64 x, else float32).
   m.def("mix(Tensor x, Tensor lam, Tensor index) -> Tensor");
+  m.impl("mix", on(DispatchKey::CPU, &rankmixup::cpu::mix_cpu));
+  RANKMIXUP_IF_CUDA(m.impl("mix", on(DispatchKey::CUDA, &rankmixup::cuda::mix_cuda)));
+  m.impl("mix", on(DispatchKey::Autograd, &rankmixup::mix_autograd));
+
   // d mix / d x: grad (K*B, *feat) -> (B, *feat), gathered through the inverse permutation.
   m.def("mix_backward(Tensor grad, Tensor lam, Tensor index) -> Tensor");
+  m.impl("mix_backward", on(DispatchKey::CPU, &rankmixup::cpu::mix_backward_cpu));
+  RANKMIXUP_IF_CUDA(m.impl("mix_backward", on(DispatchKey::CUDA, &rankmixup::cuda::mix_backward_cuda)));
 }
 
 namespace {

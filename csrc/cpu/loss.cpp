@@ -9,7 +9,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <string_view>
@@ -17,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels.h"
 #include "op_args.h"
 #include "rankmixup/sample_loss.h"
 #include "row_ops.h"
@@ -230,26 +230,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
   return {loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
-                                                            const Tensor& targets, const Tensor& rel,
-                                                            std::string_view mode, std::string_view score,
-                                                            double ce_weight, double alpha, double margin,
-                                                            int64_t ignore_index, double label_smoothing,
-                                                            std::string_view reduction) {
-  auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
-      loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                   label_smoothing, reduction, /*with_grad=*/false);
-  return {loss, ce, rank, coefs, argmaxes};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
-    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-    double label_smoothing, std::string_view reduction) {
-  return loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                      label_smoothing, reduction, /*with_grad=*/true);
-}
-
 // Backward: re-reads each valid row once and writes grad_output * RowGrad(softmax) — the
 // forward kept only K+1 small records per sample, so no gradient-sized buffer lives between
 // the passes. Ignored samples get rows of exact zeros.
@@ -317,6 +297,37 @@ void check_backward_columns(const Tensor& targets, const Tensor& argmaxes, int64
   }
 }
 
+// (Out of the dispatch macro below, which cannot hold a pragma.)
+template <class T>
+void scale_row(T* row, int64_t n, T factor) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) row[c] *= factor;
+}
+
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
+                                                            const Tensor& targets, const Tensor& rel,
+                                                            std::string_view mode, std::string_view score,
+                                                            double ce_weight, double alpha, double margin,
+                                                            int64_t ignore_index, double label_smoothing,
+                                                            std::string_view reduction) {
+  auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
+      loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                   label_smoothing, reduction, /*with_grad=*/false);
+  return {loss, ce, rank, coefs, argmaxes};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
+    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
+    double label_smoothing, std::string_view reduction) {
+  return loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
+                      label_smoothing, reduction, /*with_grad=*/true);
+}
+
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,
                                              const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
                                              const Tensor& argmaxes, int64_t ignore_index) {
@@ -330,13 +341,6 @@ std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tens
                                    grad_logits, grad_mix);
   });
   return {grad_logits, grad_mix};
-}
-
-// (Out of the dispatch macro below, which cannot hold a pragma.)
-template <class T>
-void scale_row(T* row, int64_t n, T factor) {
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) row[c] *= factor;
 }
 
 void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Tensor& grad_loss,
@@ -372,15 +376,6 @@ void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Te
       }
     });
   });
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
-  m.impl("loss", &loss_cpu);
-  m.impl("loss_with_grad", &loss_with_grad_cpu);
-  m.impl("scale_grads_", &scale_grads_cpu);
-  m.impl("loss_backward", &loss_backward_cpu);
 }
 
 }  // namespace rankmixup::cpu

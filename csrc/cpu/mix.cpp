@@ -6,11 +6,11 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels.h"
 #include "op_args.h"
 
 namespace rankmixup::cpu {
@@ -107,6 +107,10 @@ void mix_backward_kernel(const Tensor& grad, const Matrix<at::opmath_type<scalar
   });
 }
 
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
 Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index) {
   check_mix_args("rankmixup::mix", x, lam, index);
   TORCH_CHECK(x.dim() >= 1 && x.size(0) == index.size(1), "rankmixup::mix: x must be (B, *feat) with B = index.size(1)");
@@ -167,14 +171,6 @@ Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& ind
     }
   });
   return rel;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, CPU, m) {
-  m.impl("relevance", &relevance_cpu);
-  m.impl("mix", &mix_cpu);
-  m.impl("mix_backward", &mix_backward_cpu);
 }
 
 }  // namespace rankmixup::cpu

@@ -8,10 +8,10 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
+#include "kernels.h"
 #include "cuda/rows.cuh"
 #include "op_args.h"
 #include "rankmixup/sample_loss.h"
@@ -73,6 +73,10 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_backward_kernel(const Back
   });
 }
 
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
 std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Tensor& logits,
                                               const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
                                               const Tensor& argmaxes, int64_t ignore_index) {
@@ -114,9 +118,5 @@ std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Ten
   });
   return {grad_logits, grad_mix};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, CUDA, m) { m.impl("loss_backward", &loss_backward_cuda); }
 
 }  // namespace rankmixup::cuda

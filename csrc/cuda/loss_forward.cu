@@ -14,11 +14,11 @@
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <limits>
 #include <tuple>
 
+#include "kernels.h"
 #include "cuda/reduce.cuh"
 #include "cuda/rows.cuh"
 #include "op_args.h"
@@ -331,6 +331,10 @@ ForwardShape forward_shape(int64_t batch, int64_t classes, int64_t num_mix, int 
   return {teams, samples, bytes, ceil_div(batch, samples)};
 }
 
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logits, const Tensor& mix_logits,
                                                              const Tensor& targets, const Tensor& rel,
                                                              std::string_view mode, std::string_view score,
@@ -415,9 +419,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
   });
   return {loss, ce, rank, coefs, argmaxes};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, CUDA, m) { m.impl("loss", &loss_cuda); }
 
 }  // namespace rankmixup::cuda

@@ -17,11 +17,11 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <limits>
 #include <vector>
 
+#include "kernels.h"
 #include "cuda/rows.cuh"
 #include "op_args.h"
 
@@ -127,6 +127,10 @@ std::vector<int64_t> with_rows(const Tensor& t, int64_t rows) {
   return shape;
 }
 
+}  // namespace
+
+// The operator kernels, registered in ops.cpp (declared in kernels.h).
+
 Tensor mix_cuda(const Tensor& x, const Tensor& lam, const Tensor& index) {
   check_mix_args("rankmixup::mix", x, lam, index);
   TORCH_CHECK(x.dim() >= 1 && x.size(0) == index.size(1), "rankmixup::mix: x must be (B, *feat) with B = index.size(1)");
@@ -173,13 +177,6 @@ Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& in
            features, teams.lanes);
   });
   return grad_x;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rankmixup, CUDA, m) {
-  m.impl("mix", &mix_cuda);
-  m.impl("mix_backward", &mix_backward_cuda);
 }
 
 }  // namespace rankmixup::cuda
