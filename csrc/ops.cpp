@@ -101,8 +101,8 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("loss_backward", on(DispatchKey::CPU, &rankmixup::cpu::loss_backward_cpu));
   RANKMIXUP_IF_CUDA(m.impl("loss_backward", on(DispatchKey::CUDA, &rankmixup::cuda::loss_backward_cuda)));
 
-  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam and
-  // index int64 (K, B) -> (K, B) in lam's dtype (float32, or float64 for float64 inputs), 1
+  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam (K, B)
+  // and index int64 (K, B) -> (K, B) in lam's dtype (float32, or float64 for float64 inputs), 1
   // where sample b and its partner index[k,b] share a class, else max(lam, 1 - lam). Not
   // differentiable. Devices without a kernel of their own (CUDA, meta) run the ATen composite.
   m.def("relevance(Tensor targets, Tensor lam, Tensor index) -> Tensor");
@@ -110,8 +110,8 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::relevance_composite));
   m.impl("relevance", on(DispatchKey::Autograd, &rankmixup::relevance_autograd));
 
-  // Mixup (SPEC §2): x (B, *feat), lam and index int64 (K, B) -> (K*B, *feat); lam in x's
-  // accumulation dtype (float64 for float64 x, else float32).
+  // Mixup (SPEC §2): x (B, *feat), lam (K, B) in x's accumulation dtype (float64 for float64 x,
+  // else float32), index int64 (K, B) -> (K*B, *feat).
   m.def("mix(Tensor x, Tensor lam, Tensor index) -> Tensor");
   m.impl("mix", on(DispatchKey::CPU, &rankmixup::cpu::mix_cpu));
   RANKMIXUP_IF_CUDA(m.impl("mix", on(DispatchKey::CUDA, &rankmixup::cuda::mix_cuda)));

@@ -36,7 +36,8 @@ class Backend(Protocol):
         """The loss over ``logits`` (B, C), ``mix_logits`` (K*B, C), int64 ``targets`` (B,) and ``rel``."""
 
     def mix(self, x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``(K*B, *feat)`` mixes of ``x`` (B, *feat) with float32 ``lam`` and int64 ``index`` (K, B)."""
+        """``(K*B, *feat)`` mixes of ``x`` (B, *feat) with ``lam`` (K, B) in x's accumulation dtype
+        and int64 ``index`` (K, B)."""
 
 
 class BackendStatus(NamedTuple):

@@ -90,9 +90,8 @@ def rankmixup_loss_from_relevance(
     options: LossOptions,
 ) -> LossOutput:
     """``ce_weight * CE + alpha * rank`` given the relevance ``rel`` (K, B) of every mix: all the
-    pairing information the loss needs (SPEC §3). The compat classes call this with the
-    relevance read off the reference code's soft targets; ``ce_weight=0`` gives the rank term
-    alone."""
+    pairing information the loss needs (SPEC §3; the compat classes read it off the reference
+    code's soft targets); ``ce_weight=0`` gives the rank term alone."""
     mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction = options
     batch, _ = logits.shape
     num_mix = rel.shape[0]

@@ -33,9 +33,7 @@ class TritonBackend:
             )
         return f"Triton kernels run on CUDA tensors, not {device.type}"
 
-    @staticmethod
-    def loss(logits, mix_logits, targets, rel, options):
-        return rankmixup_loss(logits, mix_logits, targets, rel, options)
+    loss = staticmethod(rankmixup_loss)
 
     @staticmethod
     def mix(x, lam, index):
