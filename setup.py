@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 
@@ -111,7 +112,22 @@ def extension():
     )
 
 
+class BuildExtensionInTree(BuildExtension):
+    """torch's BuildExtension, keeping its objects under build/ for every build.
+
+    An editable install (``pip install -e .``) compiles in a throwaway directory; the objects
+    kept here let the next ``setup.py build_ext --inplace`` (the Makefile's, after the install
+    and after every change under csrc/) recompile only what changed, instead of everything.
+    One directory per interpreter, as setuptools names it: each stack's torch headers differ.
+    """
+
+    def finalize_options(self):
+        if self.build_temp is None:
+            self.build_temp = str(ROOT / "build" / f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+        super().finalize_options()
+
+
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtensionInTree.with_options(use_ninja=True)},
 )

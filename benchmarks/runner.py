@@ -50,6 +50,7 @@ def run_case(case: Case, impls: list[str], device: torch.device, *, measure_s: f
     """One row per (implementation, pass) of ``case``, speedups filled in; ``measure_s`` is the
     seconds of timed calls per implementation and pass."""
     workload = Workload(case, device)
+    impls = [impl for impl in impls if workload.supports(impl)]
     rows = []
     for pass_ in PASSES:
         rows += _measure_pass(workload, impls, pass_, device, measure_s=measure_s, copy_bps=copy_bps)

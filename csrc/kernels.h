@@ -1,14 +1,17 @@
 // The kernel of every operator on every dispatch key, as ops.cpp registers them: the CPU ones
 // (cpu/*.cpp), the CUDA ones (cuda/*.cu, built when RANKMIXUP_WITH_CUDA is defined), the ATen
 // composite of relevance for other devices (relevance.cpp) and the autograd ones
-// (autograd.cpp). Each has its operator's schema signature (ops.cpp).
+// (autograd.cpp). Each has its operator's schema signature (ops.cpp), except that the loss
+// kernels take the options parsed into one LossOptions (ops.cpp registers them through
+// with_parsed_options, op_args.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <string_view>
 #include <tuple>
+
+#include "rankmixup/sample_loss.h"
 
 namespace rankmixup {
 
@@ -17,12 +20,10 @@ using LossKernelOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 namespace cpu {
 LossKernelOutputs loss_cpu(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                           std::string_view mode, std::string_view score, double ce_weight, double alpha,
-                           double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction);
+                           const LossOptions& options);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
-    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-    double label_smoothing, std::string_view reduction);
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+    const LossOptions& options);
 void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Tensor& grad_loss,
                      const Tensor& targets, int64_t ignore_index);
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& mix_logits,
@@ -35,8 +36,7 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
 
 namespace cuda {
 LossKernelOutputs loss_cuda(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                            std::string_view mode, std::string_view score, double ce_weight, double alpha,
-                            double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction);
+                            const LossOptions& options);
 std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Tensor& logits,
                                               const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
                                               const Tensor& argmaxes, int64_t ignore_index);
@@ -47,9 +47,7 @@ Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& in
 Tensor relevance_composite(const Tensor& targets, const Tensor& lam, const Tensor& index);
 
 LossKernelOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets,
-                                const Tensor& rel, std::string_view mode, std::string_view score, double ce_weight,
-                                double alpha, double margin, int64_t ignore_index, double label_smoothing,
-                                std::string_view reduction);
+                                const Tensor& rel, const LossOptions& options);
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index);
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index);
 

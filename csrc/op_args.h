@@ -14,28 +14,52 @@
 
 namespace rankmixup {
 
-enum class Reduction { kMean, kSum, kNone };
-
 // The dtype the kernels compute in for inputs of `dtype`, and so the dtype of lam and rel they
 // take: float64 for float64 inputs, float32 for every other floating dtype.
 inline at::ScalarType accumulation_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-struct LossOptions {
-  Mode mode;
-  Score score;
-  Reduction reduction;
-};
-
-inline LossOptions parse_loss_options(std::string_view mode, std::string_view score, std::string_view reduction) {
+// The loss operators' options, parsed from their schema arguments (ops.cpp) into one value.
+inline LossOptions parse_loss_options(std::string_view mode, std::string_view score, double ce_weight, double alpha,
+                                      double margin, int64_t ignore_index, double label_smoothing,
+                                      std::string_view reduction) {
   TORCH_CHECK(mode == "mrl" || mode == "mndcg", "rankmixup::loss: mode must be 'mrl' or 'mndcg', got '", mode, "'");
   TORCH_CHECK(score == "logit" || score == "prob", "rankmixup::loss: score must be 'logit' or 'prob', got '", score,
               "'");
   TORCH_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none",
               "rankmixup::loss: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-  return {mode == "mrl" ? Mode::kMrl : Mode::kMndcg, score == "logit" ? Score::kLogit : Score::kProb,
+  return {mode == "mrl" ? Mode::kMrl : Mode::kMndcg,
+          score == "logit" ? Score::kLogit : Score::kProb,
+          ce_weight,
+          alpha,
+          margin,
+          ignore_index,
+          label_smoothing,
           reduction == "mean" ? Reduction::kMean : (reduction == "sum" ? Reduction::kSum : Reduction::kNone)};
+}
+
+// A loss kernel over (logits, mix_logits, targets, rel, const LossOptions&) as the kernel of an
+// operator with the loss schema's flat arguments: what ops.cpp registers.
+template <auto kernel>
+auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
+                         const at::Tensor& rel, std::string_view mode, std::string_view score, double ce_weight,
+                         double alpha, double margin, int64_t ignore_index, double label_smoothing,
+                         std::string_view reduction) {
+  return kernel(logits, mix_logits, targets, rel,
+                parse_loss_options(mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction));
+}
+
+// The other way: calls a loss operator (a typed handle of op_handles.h) with `options` as its
+// schema arguments; what autograd.cpp redispatches with.
+template <class Op>
+auto call_with_options(const Op& op, const at::Tensor& logits, const at::Tensor& mix_logits,
+                       const at::Tensor& targets, const at::Tensor& rel, const LossOptions& options) {
+  constexpr std::string_view kModes[] = {"mrl", "mndcg"}, kScores[] = {"logit", "prob"},
+                             kReductions[] = {"mean", "sum", "none"};
+  return op.call(logits, mix_logits, targets, rel, kModes[static_cast<int>(options.mode)],
+                 kScores[static_cast<int>(options.score)], options.ce_weight, options.alpha, options.margin,
+                 options.ignore_index, options.label_smoothing, kReductions[static_cast<int>(options.reduction)]);
 }
 
 inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,

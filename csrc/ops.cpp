@@ -11,6 +11,7 @@
 
 #include "cpu/row_ops.h"
 #include "kernels.h"
+#include "op_args.h"
 #include "op_handles.h"
 
 // A CUDA kernel's registration, in builds that compile them (setup.py / CMakeLists.txt define
@@ -58,6 +59,7 @@ pybind11::dict build_info() {
 
 // Every operator's schema and every kernel it has, one operator at a time: its CPU kernel, its
 // CUDA kernel (when the build has them), its autograd (the Autograd alias key: every device).
+// The loss kernels take the options as one LossOptions, parsed here, at the operator boundary.
 TORCH_LIBRARY(rankmixup, m) {
   using c10::DispatchKey;
   const auto on = [](DispatchKey key, auto kernel) { return torch::dispatch(key, kernel); };
@@ -69,9 +71,9 @@ TORCH_LIBRARY(rankmixup, m) {
       "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
       "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
-  m.impl("loss", on(DispatchKey::CPU, &rankmixup::cpu::loss_cpu));
-  RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::cuda::loss_cuda)));
-  m.impl("loss", on(DispatchKey::Autograd, &rankmixup::loss_autograd));
+  m.impl("loss", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_cpu>));
+  RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::with_parsed_options<&rankmixup::cuda::loss_cuda>)));
+  m.impl("loss", on(DispatchKey::Autograd, &rankmixup::with_parsed_options<&rankmixup::loss_autograd>));
 
   // The loss op's outputs and the gradients of the loss w.r.t. logits and mix_logits for
   // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits:
@@ -82,7 +84,7 @@ TORCH_LIBRARY(rankmixup, m) {
       "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
       "Tensor grad_mix_logits)");
-  m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::cpu::loss_with_grad_cpu));
+  m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
 
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
   // scalar, or (B,) for reduction='none') and keeps the rows of ignored samples zero, whatever

@@ -21,12 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ._types import LossOptions, accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MODES = ("mndcg", "mrl")
-SCORES = ("logit", "prob")
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def _describe(value) -> str:
@@ -128,21 +124,6 @@ def flag(fn: str, name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{fn}: {name} must be a bool, got {_describe(value)}")
     return value
-
-
-def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
-                 reduction) -> LossOptions:
-    """The checked :class:`LossOptions` (arguments in its field order)."""
-    return LossOptions(
-        choice(fn, "mode", mode, MODES),
-        choice(fn, "score", score, SCORES),
-        ce_weight,  # set by the library (1 or 0), never by the user
-        real(fn, "alpha", alpha, low=0.0),
-        real(fn, "margin", margin),
-        int64(fn, "ignore_index", ignore_index),
-        real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0),
-        choice(fn, "reduction", reduction, REDUCTIONS),
-    )
 
 
 def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device, dtype: torch.dtype = torch.float32):

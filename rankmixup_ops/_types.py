@@ -37,7 +37,7 @@ class MixupBatch(NamedTuple):
 
 class LossOptions(NamedTuple):
     """Every option of the fused loss, as one value: built and checked once per call (by
-    ``_checks.loss_options``) and handed whole to the backend.
+    ``functional.loss_options``) and handed whole to the backend.
 
     The fields are in the order of the loss operators' schemas (csrc/ops.cpp), so that a
     compiled backend passes them as ``op(logits, mix_logits, targets, rel, *options)``. The

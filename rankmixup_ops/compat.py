@@ -25,6 +25,7 @@ from torch import nn
 from . import _checks as check
 from ._types import accumulation_dtype
 from .backends import resolve
+from .functional import loss_options
 
 __all__ = ["RankMixup_MRL", "RankMixup_MNDCG"]
 
@@ -40,7 +41,7 @@ class _RankMixupCompat(nn.Module):
         fn = type(self).__name__
         self.num_classes = check.integral(fn, "num_classes", num_classes, low=1)
         # The reference code's loss: max-logit MRL score, no smoothing, mean over the batch.
-        self.options = check.loss_options(fn, self.mode, "logit", 1.0, alpha, margin, ignore_index, 0.0, "mean")
+        self.options = loss_options(fn, self.mode, "logit", 1.0, alpha, margin, ignore_index, 0.0, "mean")
 
     # The reference code's attributes, read off the options.
     alpha = property(lambda self: self.options.alpha)
@@ -70,7 +71,7 @@ class _RankMixupCompat(nn.Module):
             raise ValueError(f"{fn}: lam has {lam.numel()} values but mixup holds {num_mix} mixes of {batch} samples")
 
         rel = target_re.detach().amax(dim=1).to(accumulation_dtype(inputs.dtype)).view(num_mix, batch)
-        rel = torch.where(rel >= 1 - _ONE_TOLERANCE, torch.ones_like(rel), rel)
+        rel.masked_fill_(rel >= 1 - _ONE_TOLERANCE, 1.0)  # rel is amax's own new tensor (or its copy)
         out = resolve(fn, "auto", inputs.device).loss(inputs, mixup, targets, rel, self.options)
         return out.loss, out.ce, out.rank
 

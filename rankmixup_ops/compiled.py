@@ -97,7 +97,10 @@ def _entry(*tensors):
     either way: the dispatcher hands them the call.)"""
     if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
         return ops
-    return _C if all(type(t) is torch.Tensor for t in tensors) else ops
+    for tensor in tensors:  # a loop, not all(): no generator object per call
+        if type(tensor) is not torch.Tensor:
+            return ops
+    return _C
 
 
 class CompiledBackend:

@@ -21,6 +21,10 @@ from .backends import resolve
 
 __all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
 
+MODES = ("mndcg", "mrl")
+SCORES = ("logit", "prob")
+REDUCTIONS = ("mean", "sum", "none")
+
 
 def rankmixup_loss(
     logits: torch.Tensor,
@@ -65,7 +69,7 @@ def rankmixup_loss(
         (float64 for float64 logits) whatever the input dtype.
     """
     fn = "rankmixup_loss"
-    options = check.loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
+    options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
     return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend)
 
 
@@ -86,7 +90,7 @@ def mrl_loss(
     """The MRL rank term alone: ``(1/K) sum_k keep * relu(score(mix) - score(raw) + margin)``,
     reduced over valid samples. Arguments as in :func:`rankmixup_loss`."""
     fn = "mrl_loss"
-    options = check.loss_options(fn, "mrl", score, 0.0, 1.0, margin, ignore_index, 0.0, reduction)
+    options = loss_options(fn, "mrl", score, 0.0, 1.0, margin, ignore_index, 0.0, reduction)
     return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend).loss
 
 
@@ -105,8 +109,23 @@ def mndcg_loss(
     """The M-NDCG rank term alone: ``1 - NDCG`` of [raw, mixes by relevance], reduced over
     valid samples. Arguments as in :func:`rankmixup_loss`."""
     fn = "mndcg_loss"
-    options = check.loss_options(fn, "mndcg", "logit", 0.0, 1.0, 0.0, ignore_index, 0.0, reduction)
+    options = loss_options(fn, "mndcg", "logit", 0.0, 1.0, 0.0, ignore_index, 0.0, reduction)
     return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend).loss
+
+
+def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
+                 reduction) -> LossOptions:
+    """The checked :class:`LossOptions` of a call of ``fn`` (arguments in its field order)."""
+    return LossOptions(
+        check.choice(fn, "mode", mode, MODES),
+        check.choice(fn, "score", score, SCORES),
+        ce_weight,  # set by the library (1 or 0), never by the user
+        check.real(fn, "alpha", alpha, low=0.0),
+        check.real(fn, "margin", margin),
+        check.int64(fn, "ignore_index", ignore_index),
+        check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0),
+        check.choice(fn, "reduction", reduction, REDUCTIONS),
+    )
 
 
 def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOptions, validate, backend) -> LossOutput:

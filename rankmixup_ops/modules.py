@@ -8,7 +8,7 @@ from torch import nn
 from . import _checks as check
 from ._types import LossOutput, MixupBatch
 from .backends import check_name
-from .functional import loss_call
+from .functional import loss_call, loss_options
 from .mixup import mixup
 
 __all__ = ["RankMixupLoss", "Mixup"]
@@ -37,8 +37,7 @@ class RankMixupLoss(nn.Module):
     ):
         super().__init__()
         fn = "RankMixupLoss"
-        self.options = check.loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing,
-                                          reduction)
+        self.options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
         self.validate = check.flag(fn, "validate", validate)
         self.backend = check_name(fn, backend)
 

@@ -11,7 +11,6 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
-#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -161,18 +160,16 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
 // The loss op, and with `with_grad` also the gradients of logits and mix_logits for
 // grad_output = 1 (see loss_with_grad in ops.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
-    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-    double label_smoothing, std::string_view reduction, bool with_grad) {
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+    const LossOptions& options, bool with_grad) {
   check_loss_args(logits, mix_logits, targets, rel);
-  const LossOptions opts = parse_loss_options(mode, score, reduction);
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
   const int64_t num_mix = rel.size(0);
-  const int64_t valid = count_valid(targets, num_classes, ignore_index);
+  const int64_t valid = count_valid(targets, num_classes, options.ignore_index);
   // A mean over zero valid samples is 0 with zero gradient (SPEC §5).
   const double scale =
-      opts.reduction == Reduction::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
+      options.reduction == Reduction::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
 
   const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
@@ -183,7 +180,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     grad_logits = at::empty(logits.sizes(), grad_options);
     grad_mix = at::empty(mix_logits.sizes(), grad_options);
   }
-  const bool per_sample = opts.reduction == Reduction::kNone;
+  const bool per_sample = options.reduction == Reduction::kNone;
   Tensor loss = at::empty(per_sample ? at::IntArrayRef{batch} : at::IntArrayRef{}, acc_options);
   Tensor ce = at::empty_like(loss);
   Tensor rank = at::empty_like(loss);
@@ -192,24 +189,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> discounts(num_mix + 2);
     for (int64_t position = 1; position <= num_mix + 1; ++position) discounts[position] = discount<acc_t>(position);
-    const LossConfig<acc_t> cfg{opts.mode,
-                                opts.score,
-                                static_cast<acc_t>(margin),
-                                static_cast<acc_t>(label_smoothing),
-                                num_classes,
-                                static_cast<acc_t>(ce_weight * scale),
-                                static_cast<acc_t>(alpha * scale),
-                                discounts.data()};
+    const LossConfig<acc_t> cfg = loss_config<acc_t>(options, num_classes, scale, discounts.data());
     PerSample<acc_t> per(batch);
     GradOut<acc_t> grad;
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
-    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, ignore_index, per, coefs, argmaxes, grad);
+    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, per, coefs, argmaxes, grad);
 
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* ce_out = ce.data_ptr<acc_t>();
     acc_t* rank_out = rank.data_ptr<acc_t>();
     const auto total = [&](acc_t ce_part, acc_t rank_part) {
-      return static_cast<acc_t>(ce_weight) * ce_part + static_cast<acc_t>(alpha) * rank_part;
+      return static_cast<acc_t>(options.ce_weight) * ce_part + static_cast<acc_t>(options.alpha) * rank_part;
     };
     if (per_sample) {
       std::copy(per.ce.begin(), per.ce.end(), ce_out);
@@ -310,22 +300,16 @@ void scale_row(T* row, int64_t n, T factor) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
                                                             const Tensor& targets, const Tensor& rel,
-                                                            std::string_view mode, std::string_view score,
-                                                            double ce_weight, double alpha, double margin,
-                                                            int64_t ignore_index, double label_smoothing,
-                                                            std::string_view reduction) {
+                                                            const LossOptions& options) {
   auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
-      loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                   label_smoothing, reduction, /*with_grad=*/false);
+      loss_forward(logits, mix_logits, targets, rel, options, /*with_grad=*/false);
   return {loss, ce, rank, coefs, argmaxes};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel, std::string_view mode,
-    std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-    double label_smoothing, std::string_view reduction) {
-  return loss_forward(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-                      label_smoothing, reduction, /*with_grad=*/true);
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+    const LossOptions& options) {
+  return loss_forward(logits, mix_logits, targets, rel, options, /*with_grad=*/true);
 }
 
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,

@@ -144,11 +144,8 @@ struct ForwardArgs {
   int64_t targets_stride;
   const acc_t* rel;  // the accumulation dtype, as the op's checks require
   int64_t rel_stride_k, rel_stride_b;
-  int64_t batch, classes, num_mix, ignore_index;
-  Mode mode;
-  Score score;
-  acc_t margin, label_smoothing;
-  double ce_weight, alpha;
+  int64_t batch, classes, num_mix;
+  LossOptions options;
   int64_t* num_valid;        // reduction 'mean': the count of valid samples; otherwise null
   bool count_in_block;       // 'mean': every block counts, block 0 stores the count in num_valid
   acc_t* row_coefs;          // (K+1, B, kRowCoefs)
@@ -175,7 +172,7 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
   __shared__ int64_t count_scratch[kWarpSize];
   __shared__ int64_t block_count;
   if (a.count_in_block) {
-    const int64_t count = count_valid(a.targets, a.targets_stride, threadIdx.x, a.batch, blockDim.x, a.ignore_index,
+    const int64_t count = count_valid(a.targets, a.targets_stride, threadIdx.x, a.batch, blockDim.x, a.options.ignore_index,
                                       count_scratch);
     if (threadIdx.x == 0) {
       block_count = count;  // read after the __syncthreads below the row loop
@@ -193,8 +190,8 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
   for (int i0 = 0; i0 < rows; i0 += teams) {
     const int i = i0 + team, r = i / samples, s = i % samples;
     const int64_t b = first + s;
-    const int64_t target = i < rows ? a.targets[b * a.targets_stride] : a.ignore_index;
-    const bool valid = target != a.ignore_index;  // rows of ignored samples are never read
+    const int64_t target = i < rows ? a.targets[b * a.targets_stride] : a.options.ignore_index;
+    const bool valid = target != a.options.ignore_index;  // rows of ignored samples are never read
     const scalar_t* row = r == 0 ? a.logits + b * a.logits_row_stride
                                  : a.mix + ((r - 1) * a.batch + b) * a.mix_row_stride;
     const int64_t col_stride = r == 0 ? a.logits_col_stride : a.mix_col_stride;
@@ -227,18 +224,12 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     const int64_t target = a.targets[b * a.targets_stride];
     RowStats<acc_t>* sample_stats = stats + s * rows_per_sample;
     RowGrad<acc_t>* sample_grads = grads + s * rows_per_sample;
-    const bool valid = target != a.ignore_index;
+    const bool valid = target != a.options.ignore_index;
     SampleLoss<acc_t> loss{acc_t(0), acc_t(0)};
     if (valid) {
       if (target < 0 || target >= a.classes) sample_stats[0].poison();
       const double scale = a.num_valid ? mean_scale(a.count_in_block ? block_count : *a.num_valid) : 1.0;
-      const LossConfig<acc_t> cfg{a.mode,
-                                  a.score,
-                                  a.margin,
-                                  a.label_smoothing,
-                                  a.classes,
-                                  static_cast<acc_t>(a.ce_weight * scale),
-                                  static_cast<acc_t>(a.alpha * scale)};
+      const LossConfig<acc_t> cfg = loss_config<acc_t>(a.options, a.classes, scale);
       loss = sample_loss(cfg, sample_stats[0], z_target[s], z_sum[s], target, sample_stats + 1,
                          a.rel + b * a.rel_stride_b, a.rel_stride_k, a.num_mix, sample_grads);
     }
@@ -252,7 +243,8 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     if (a.loss) {
       a.ce[b] = loss.ce;
       a.rank[b] = loss.rank;
-      a.loss[b] = static_cast<acc_t>(a.ce_weight) * loss.ce + static_cast<acc_t>(a.alpha) * loss.rank;
+      a.loss[b] =
+          static_cast<acc_t>(a.options.ce_weight) * loss.ce + static_cast<acc_t>(a.options.alpha) * loss.rank;
     } else {
       ce[s] = loss.ce;
       rank[s] = loss.rank;
@@ -337,12 +329,8 @@ ForwardShape forward_shape(int64_t batch, int64_t classes, int64_t num_mix, int 
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logits, const Tensor& mix_logits,
                                                              const Tensor& targets, const Tensor& rel,
-                                                             std::string_view mode, std::string_view score,
-                                                             double ce_weight, double alpha, double margin,
-                                                             int64_t ignore_index, double label_smoothing,
-                                                             std::string_view reduction) {
+                                                             const LossOptions& options) {
   check_loss_args(logits, mix_logits, targets, rel);
-  const LossOptions opts = parse_loss_options(mode, score, reduction);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = rel.size(0);
@@ -351,14 +339,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
   Tensor argmaxes = at::empty({num_mix + 1, batch}, logits.options().dtype(at::kLong));
   Tensor num_valid;
-  const bool count_in_block = opts.reduction == Reduction::kMean && batch <= kCountInBlockMaxBatch;
+  const bool count_in_block = options.reduction == Reduction::kMean && batch <= kCountInBlockMaxBatch;
   if (count_in_block) {
     num_valid = at::empty({}, logits.options().dtype(at::kLong));
-  } else if (opts.reduction == Reduction::kMean) {
+  } else if (options.reduction == Reduction::kMean) {
     num_valid = at::zeros({}, logits.options().dtype(at::kLong));
     const int64_t blocks = std::min<int64_t>(ceil_div(batch, kBlockThreads * 8), 1024);
     launch(count_valid_kernel, blocks, kBlockThreads, 0, stream, targets.const_data_ptr<int64_t>(), targets.stride(0),
-           batch, ignore_index, num_valid.data_ptr<int64_t>());
+           batch, options.ignore_index, num_valid.data_ptr<int64_t>());
   }
   Tensor loss, ce, rank;
 
@@ -367,7 +355,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
     const bool vectorized = rows_vectorizable<scalar_t>(logits) && rows_vectorizable<scalar_t>(mix_logits);
     const ForwardShape shape = forward_shape<acc_t>(batch, classes, num_mix, vectorized ? kVecWidth<scalar_t> : 1);
     Tensor partials;
-    if (opts.reduction == Reduction::kNone) {
+    if (options.reduction == Reduction::kNone) {
       loss = at::empty({batch}, acc_options);
       ce = at::empty({batch}, acc_options);
       rank = at::empty({batch}, acc_options);
@@ -377,7 +365,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
       rank = at::empty({}, acc_options);
       partials = at::empty({2, shape.blocks}, acc_options.dtype(at::kDouble));
     }
-    const bool none = opts.reduction == Reduction::kNone;
+    const bool none = options.reduction == Reduction::kNone;
     const ForwardArgs<scalar_t> args{logits.const_data_ptr<scalar_t>(),
                                      logits.stride(0),
                                      logits.stride(1),
@@ -392,13 +380,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
                                      batch,
                                      classes,
                                      num_mix,
-                                     ignore_index,
-                                     opts.mode,
-                                     opts.score,
-                                     static_cast<acc_t>(margin),
-                                     static_cast<acc_t>(label_smoothing),
-                                     ce_weight,
-                                     alpha,
+                                     options,
                                      num_valid.defined() ? num_valid.data_ptr<int64_t>() : nullptr,
                                      count_in_block,
                                      coefs.data_ptr<acc_t>(),
@@ -413,7 +395,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
     launch(kernel, shape.blocks, shape.teams.threads, shape.shared_bytes, stream, args);
     if (!none) {
       launch(total_kernel<acc_t>, 1, kBlockThreads, 0, stream, partials.const_data_ptr<double>(), shape.blocks,
-             num_valid.defined() ? num_valid.const_data_ptr<int64_t>() : nullptr, ce_weight, alpha,
+             num_valid.defined() ? num_valid.const_data_ptr<int64_t>() : nullptr, options.ce_weight, options.alpha,
              loss.data_ptr<acc_t>(), ce.data_ptr<acc_t>(), rank.data_ptr<acc_t>());
     }
   });

@@ -17,6 +17,21 @@ namespace rankmixup {
 
 enum class Mode : int32_t { kMrl = 0, kMndcg = 1 };
 enum class Score : int32_t { kLogit = 0, kProb = 1 };
+enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
+
+// Every option of the loss operators, as one value: what the operators' flat schema arguments
+// (ops.cpp) are parsed into once, at the operator boundary (op_args.h), and what every kernel
+// takes. The fields of rankmixup_ops._types.LossOptions.
+struct LossOptions {
+  Mode mode;
+  Score score;
+  double ce_weight;
+  double alpha;
+  double margin;
+  int64_t ignore_index;
+  double label_smoothing;
+  Reduction reduction;
+};
 
 template <class T>
 struct LossConfig {
@@ -31,6 +46,21 @@ struct LossConfig {
   // rather than twice per mix and sample (a log2 each); null: computed where needed.
   const T* discounts = nullptr;
 };
+
+// The per-sample math's configuration for `options`, the weights of both terms multiplied by the
+// reduction's `scale` (1 / valid samples for 'mean', else 1).
+template <class T>
+RANKMIXUP_HD LossConfig<T> loss_config(const LossOptions& options, int64_t num_classes, double scale,
+                                       const T* discounts = nullptr) {
+  return {options.mode,
+          options.score,
+          static_cast<T>(options.margin),
+          static_cast<T>(options.label_smoothing),
+          num_classes,
+          static_cast<T>(options.ce_weight * scale),
+          static_cast<T>(options.alpha * scale),
+          discounts};
+}
 
 template <class T>
 struct RowGrad {
