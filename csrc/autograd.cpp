@@ -140,4 +140,10 @@ Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor
   return relevance_op().call(targets, lam, index);
 }
 
+// Likewise: a relevance read off (differentiable or not) soft targets is a constant of the loss.
+Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return soft_relevance_op().call(soft_targets, num_mix, dtype);
+}
+
 }  // namespace rankmixup

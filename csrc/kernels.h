@@ -1,6 +1,6 @@
 // The kernel of every operator on every dispatch key, as ops.cpp registers them: the CPU ones
 // (cpu/*.cpp), the CUDA ones (cuda/*.cu, built when RANKMIXUP_WITH_CUDA is defined), the ATen
-// composite of relevance for other devices (relevance.cpp) and the autograd ones
+// composites of relevance and soft_relevance for other devices (relevance.cpp) and the autograd ones
 // (autograd.cpp). Each has its operator's schema signature (ops.cpp), except that the loss
 // kernels take the options parsed into one LossOptions (ops.cpp registers them through
 // with_parsed_options, op_args.h).
@@ -30,6 +30,7 @@ std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tens
                                              const Tensor& targets, const Tensor& coefs, const Tensor& argmaxes,
                                              int64_t ignore_index);
 Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& index);
+Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index);
 Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& index);
 }  // namespace cpu
@@ -45,10 +46,12 @@ Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& in
 }  // namespace cuda
 
 Tensor relevance_composite(const Tensor& targets, const Tensor& lam, const Tensor& index);
+Tensor soft_relevance_composite(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 
 LossKernelOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets,
                                 const Tensor& rel, const LossOptions& options);
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index);
+Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index);
 
 }  // namespace rankmixup

@@ -146,4 +146,16 @@ inline void check_relevance_args(const at::Tensor& targets, const at::Tensor& la
               "rankmixup::relevance: all tensors must be on one device");
 }
 
+inline void check_soft_relevance_args(const at::Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
+  TORCH_CHECK(num_mix >= 1, "rankmixup::soft_relevance: num_mix must be >= 1, got ", num_mix);
+  TORCH_CHECK(soft_targets.dim() == 2 && soft_targets.size(0) > 0 && soft_targets.size(1) > 0 &&
+                  soft_targets.size(0) % num_mix == 0 && soft_targets.is_floating_point(),
+              "rankmixup::soft_relevance: soft_targets must be floating (K*B, C), non-empty, with K = num_mix");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rankmixup::soft_relevance: dtype must be float32 or float64");
+}
+
+// The relevance of a soft target row within float32 rounding of 1 (lam + (1 - lam) for a
+// same-class pair) is exactly 1.
+constexpr double kSoftRelevanceOneTolerance = 4.0 * 1.1920928955078125e-07;  // 4 float32 epsilons
+
 }  // namespace rankmixup

@@ -70,4 +70,10 @@ inline const auto& relevance_op() {
   return op;
 }
 
+inline const auto& soft_relevance_op() {
+  static const auto op =
+      typed_op<at::Tensor(const at::Tensor&, int64_t, at::ScalarType)>("rankmixup::soft_relevance");
+  return op;
+}
+
 }  // namespace rankmixup

@@ -112,6 +112,15 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::relevance_composite));
   m.impl("relevance", on(DispatchKey::Autograd, &rankmixup::relevance_autograd));
 
+  // The relevance read off mixed soft targets (the drop-in classes' target_re): soft_targets
+  // (K*B, C) -> (K, B) in dtype (float32 or float64), each row's largest entry, exactly 1 within
+  // 4 float32 epsilons of 1 (a same-class pair's lam + (1 - lam)). Not differentiable. Devices
+  // without a kernel of their own (CUDA, meta) run the ATen composite.
+  m.def("soft_relevance(Tensor soft_targets, int num_mix, ScalarType dtype) -> Tensor");
+  m.impl("soft_relevance", on(DispatchKey::CPU, &rankmixup::cpu::soft_relevance_cpu));
+  m.impl("soft_relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::soft_relevance_composite));
+  m.impl("soft_relevance", on(DispatchKey::Autograd, &rankmixup::soft_relevance_autograd));
+
   // Mixup (SPEC §2): x (B, *feat), lam (K, B) in x's accumulation dtype (float64 for float64 x,
   // else float32), index int64 (K, B) -> (K*B, *feat).
   m.def("mix(Tensor x, Tensor lam, Tensor index) -> Tensor");
@@ -168,6 +177,12 @@ PYBIND11_MODULE(_C, m) {
         return as_python_call([&] { return rankmixup::relevance_op().call(targets, lam, index); });
       },
       "torch.ops.rankmixup.relevance, called directly.");
+  m.def(
+      "soft_relevance",
+      [](const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
+        return as_python_call([&] { return rankmixup::soft_relevance_op().call(soft_targets, num_mix, dtype); });
+      },
+      "torch.ops.rankmixup.soft_relevance, called directly.");
   m.def(
       "mix",
       [](const Tensor& x, const Tensor& lam, const Tensor& index) {

@@ -31,6 +31,10 @@ class Backend(Protocol):
     def relevance(self, targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``rel`` (K, B) of SPEC §3 from int64 ``targets`` (B,), ``lam`` and int64 ``index`` (K, B)."""
 
+    def soft_relevance(self, soft_targets: torch.Tensor, num_mix: int, dtype: torch.dtype) -> torch.Tensor:
+        """``rel`` (K, B) in ``dtype`` read off mixed soft targets (K*B, C): see
+        :func:`rankmixup_ops.reference.soft_relevance` (the drop-in classes' relevance)."""
+
     def loss(self, logits: torch.Tensor, mix_logits: torch.Tensor, targets: torch.Tensor, rel: torch.Tensor,
              options: LossOptions) -> LossOutput:
         """The loss over ``logits`` (B, C), ``mix_logits`` (K*B, C), int64 ``targets`` (B,) and ``rel``."""

@@ -29,9 +29,6 @@ from .functional import loss_options
 
 __all__ = ["RankMixup_MRL", "RankMixup_MNDCG"]
 
-# lam*1 + (1-lam)*1 rounds to within a few ulps of 1 in float32.
-_ONE_TOLERANCE = 4 * torch.finfo(torch.float32).eps
-
 
 class _RankMixupCompat(nn.Module):
     mode: str
@@ -39,6 +36,7 @@ class _RankMixupCompat(nn.Module):
     def __init__(self, num_classes: int, alpha: float, ignore_index: int, margin: float):
         super().__init__()
         fn = type(self).__name__
+        self._forward_name = f"{fn}.forward"  # what forward's errors are prefixed with
         self.num_classes = check.integral(fn, "num_classes", num_classes, low=1)
         # The reference code's loss: max-logit MRL score, no smoothing, mean over the batch.
         self.options = loss_options(fn, self.mode, "logit", 1.0, alpha, margin, ignore_index, 0.0, "mean")
@@ -52,27 +50,34 @@ class _RankMixupCompat(nn.Module):
         """``inputs`` ``(B, C)`` raw logits, ``targets`` ``(B,)``, ``mixup`` ``(K*B, C)`` mixed
         logits, ``target_re`` ``(K*B, C)`` their soft targets, ``lam`` the K mixing
         coefficients (only their count is used, as in the reference code)."""
-        fn = f"{type(self).__name__}.forward"
+        fn = self._forward_name
+        classes = self.num_classes
         check.floating(fn, "inputs", inputs)
-        check.shape(fn, "inputs", inputs, f"(B, {self.num_classes})", inputs.dim() == 2 and inputs.shape[1] == self.num_classes and inputs.shape[0] >= 1)
+        if inputs.dim() != 2 or inputs.shape[1] != classes or inputs.shape[0] == 0:
+            raise check.shape_error(fn, "inputs", inputs, f"(B, {classes})")
         batch = inputs.shape[0]
         targets = check.integer(fn, "targets", targets)
-        check.shape(fn, "targets", targets, f"({batch},)", targets.shape == (batch,))
+        if targets.shape != (batch,):
+            raise check.shape_error(fn, "targets", targets, f"({batch},)")
         check.floating(fn, "mixup", mixup)
         rows = mixup.shape[0] if mixup.dim() == 2 else -1
-        check.shape(fn, "mixup", mixup, f"(K*{batch}, {self.num_classes})", rows > 0 and rows % batch == 0 and mixup.shape[1] == self.num_classes)
+        if rows <= 0 or rows % batch != 0 or mixup.shape[1] != classes:
+            raise check.shape_error(fn, "mixup", mixup, f"(K*{batch}, {classes})")
         if mixup.dtype != inputs.dtype:
             raise TypeError(f"{fn}: mixup has dtype {mixup.dtype} but inputs has {inputs.dtype}; they must match")
         check.floating(fn, "target_re", target_re)
-        check.shape(fn, "target_re", target_re, f"{tuple(mixup.shape)} like mixup", target_re.shape == mixup.shape)
-        check.same_device(fn, "inputs", inputs, targets=targets, mixup=mixup, target_re=target_re)
+        if target_re.shape != mixup.shape:
+            raise check.shape_error(fn, "target_re", target_re, f"{tuple(mixup.shape)} like mixup")
+        device = inputs.device
+        if not targets.device == mixup.device == target_re.device == device:
+            check.same_device(fn, "inputs", inputs, targets=targets, mixup=mixup, target_re=target_re)
         num_mix = rows // batch
         if isinstance(lam, torch.Tensor) and lam.numel() not in (num_mix, num_mix * batch):
             raise ValueError(f"{fn}: lam has {lam.numel()} values but mixup holds {num_mix} mixes of {batch} samples")
 
-        rel = target_re.detach().amax(dim=1).to(accumulation_dtype(inputs.dtype)).view(num_mix, batch)
-        rel.masked_fill_(rel >= 1 - _ONE_TOLERANCE, 1.0)  # rel is amax's own new tensor (or its copy)
-        out = resolve(fn, "auto", inputs.device).loss(inputs, mixup, targets, rel, self.options)
+        impl = resolve(fn, "auto", device)
+        rel = impl.soft_relevance(target_re.detach(), num_mix, accumulation_dtype(inputs.dtype))
+        out = impl.loss(inputs, mixup, targets, rel, self.options)
         return out.loss, out.ce, out.rank
 
 

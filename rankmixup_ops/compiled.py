@@ -27,6 +27,9 @@ Operators (schemas in csrc/ops.cpp):
   (CPU).
 - ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
   (a CPU kernel; an ATen composite on other devices, and for fake tensors).
+- ``soft_relevance(soft_targets, num_mix, dtype) -> rel``: ``rel`` read off mixed soft targets
+  (what the drop-in classes are given), each row's largest entry snapped to 1 within 4 float32
+  epsilons, in one op (a CPU kernel; an ATen composite elsewhere and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
 """
 
@@ -128,6 +131,10 @@ class CompiledBackend:
     @staticmethod
     def relevance(targets, lam, index):
         return _entry(targets, lam, index).relevance(targets, lam, index)
+
+    @staticmethod
+    def soft_relevance(soft_targets, num_mix, dtype):
+        return _entry(soft_targets).soft_relevance(soft_targets, num_mix, dtype)
 
     @staticmethod
     def mix(x, lam, index):

@@ -20,6 +20,7 @@ __all__ = [
     "mix",
     "soft_targets",
     "relevance",
+    "soft_relevance",
     "rankmixup_loss",
     "rankmixup_loss_from_relevance",
 ]
@@ -66,6 +67,19 @@ def relevance(targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
     """
     same = targets.unsqueeze(0) == targets[index]
     return torch.where(same, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
+
+
+# lam*1 + (1-lam)*1 rounds to within a few ulps of 1 in float32.
+SOFT_RELEVANCE_ONE_TOLERANCE = 4 * torch.finfo(torch.float32).eps
+
+
+def soft_relevance(soft_targets: torch.Tensor, num_mix: int, dtype: torch.dtype) -> torch.Tensor:
+    """``rel`` (K, B) in ``dtype`` read off mixed soft targets ``(K*B, C)``, as the RankMixup code
+    reads it: each row's largest entry, which is exactly :func:`relevance` (its ``max(lam, 1-lam)``,
+    or 1 for a same-class pair), except that a same-class pair's ``lam + (1-lam)`` may round a few
+    ulps off 1: within 4 float32 epsilons of 1 counts as exactly 1."""
+    rel = soft_targets.amax(dim=1).to(dtype).view(num_mix, -1)
+    return rel.masked_fill(rel >= 1 - SOFT_RELEVANCE_ONE_TOLERANCE, 1.0)
 
 
 def rankmixup_loss(
@@ -178,6 +192,7 @@ class _ReferenceBackend:
     loss = staticmethod(rankmixup_loss_from_relevance)
     mix = staticmethod(mix)
     relevance = staticmethod(relevance)
+    soft_relevance = staticmethod(soft_relevance)
 
 
 def load_backend(name: str) -> _ReferenceBackend:

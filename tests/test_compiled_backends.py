@@ -172,6 +172,41 @@ def test_mix_non_contiguous_and_lam_grad(backend, device):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
 
 
+def _soft_targets(num_mix, batch, classes, dtype, device, seed):
+    """Mixed soft targets as the RankMixup code builds them, with a same-class pair (a largest
+    entry that rounds a few ulps off 1), a lam of 0 (exactly 1) and a NaN row."""
+    generator = gen(seed)
+    targets = torch.randint(0, classes, (batch,), generator=generator)
+    index = torch.stack([torch.randperm(batch, generator=generator) for _ in range(num_mix)])
+    lam = torch.rand(num_mix, batch, generator=generator)
+    targets[index[0, 1]] = targets[1]
+    lam[-1, 0] = 0.0
+    soft = reference.soft_targets(targets, lam, index, classes).to(dtype)
+    soft[2, 0] = float("nan")
+    return soft.to(device)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_soft_relevance_matches_reference(backend, device, dtype, out_dtype):
+    """Equal to the reference bit for bit: the largest entry is exact in any dtype, and both snap
+    to 1 from the same threshold. On contiguous rows and on a transposed (column-major) copy."""
+    num_mix, batch, classes = 3, 7, 11
+    soft = _soft_targets(num_mix, batch, classes, dtype, device, seed=17)
+    expected = reference.soft_relevance(soft, num_mix, out_dtype)
+    assert expected.isnan().sum() == 1 and (expected == 1).sum() >= 2  # the cases are there
+    for layout in (soft, soft.t().contiguous().t()):
+        rel = backend.soft_relevance(layout, num_mix, out_dtype)
+        assert rel.dtype == out_dtype and rel.shape == (num_mix, batch)
+        torch.testing.assert_close(rel, expected, rtol=0, atol=0, equal_nan=True)
+    assert not backend.soft_relevance(soft.clone().requires_grad_(), num_mix, out_dtype).requires_grad
+
+
+def test_opcheck_soft_relevance(device):
+    soft = _soft_targets(2, 5, 4, torch.float32, device, seed=18).nan_to_num(0.5)  # opcheck compares with ==
+    torch.library.opcheck(torch.ops.rankmixup.soft_relevance.default, (soft, 2, torch.float64))
+
+
 @pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
 def test_opcheck_loss(device, reduction, requires_grad):
     torch.library.opcheck(torch.ops.rankmixup.loss.default,

@@ -226,6 +226,17 @@ def test_relevance_matches_reference(per_sample):
         CPU.relevance(targets, lam, index + 1)
 
 
+def test_soft_relevance_rejects_what_it_cannot_read():
+    """Direct calls of the op: the rows must split into num_mix mixes, and the output dtype is
+    one the loss takes."""
+    soft = torch.rand(6, 4)
+    for args, message in [((soft, 4, torch.float32), "with K = num_mix"), ((soft, 0, torch.float32), "num_mix must"),
+                          ((soft[:0], 2, torch.float32), "non-empty"), ((soft.long(), 2, torch.float32), "floating"),
+                          ((soft, 2, torch.float16), "dtype must be float32 or float64")]:
+        with pytest.raises(RuntimeError, match=message):
+            CPU.soft_relevance(*args)
+
+
 # --- operator registration -----------------------------------------------------------------
 
 
@@ -349,6 +360,8 @@ def test_direct_entry_points_equal_torch_ops():
     assert torch.equal(CPU.relevance(targets, lam, index), compiled.ops.relevance(targets, lam, index))
     x = torch.randn(20, 3, generator=gen(3))
     assert torch.equal(CPU.mix(x, lam, index), compiled.ops.mix(x, lam, index))
+    soft = reference.soft_targets(targets, lam, index, 10)
+    assert torch.equal(CPU.soft_relevance(soft, 2, torch.float32), compiled.ops.soft_relevance(soft, 2, torch.float32))
 
 
 def test_direct_entry_points_raise_as_torch_ops_does():

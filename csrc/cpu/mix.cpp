@@ -173,4 +173,35 @@ Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& ind
   return rel;
 }
 
+Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
+  check_soft_relevance_args(soft_targets, num_mix, dtype);
+  const int64_t rows = soft_targets.size(0), classes = soft_targets.size(1);
+  const int64_t row_stride = soft_targets.stride(0), col_stride = soft_targets.stride(1);
+  Tensor rel = at::empty({num_mix, rows / num_mix}, soft_targets.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, soft_targets.scalar_type(), "rankmixup_soft_relevance_cpu",
+                                  [&] {
+    const scalar_t* soft = soft_targets.const_data_ptr<scalar_t>();
+    AT_DISPATCH_FLOATING_TYPES(dtype, "rankmixup_soft_relevance_cpu_out", [&] {
+      using out_t = scalar_t;
+      out_t* out = rel.data_ptr<out_t>();
+      const out_t one_within = static_cast<out_t>(1.0 - kSoftRelevanceOneTolerance);
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / classes), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const auto* row = soft + r * row_stride;
+          // The row's largest entry, NaN if any is NaN (as amax); max is exact in any dtype.
+          auto largest = row[0];
+          for (int64_t c = 1; c < classes; ++c) {
+            const auto v = row[c * col_stride];
+            if (v > largest || v != v) largest = v;
+            if (largest != largest) break;
+          }
+          const out_t value = static_cast<out_t>(largest);
+          out[r] = value >= one_within ? out_t(1) : value;
+        }
+      });
+    });
+  });
+  return rel;
+}
+
 }  // namespace rankmixup::cpu

@@ -8,7 +8,7 @@ module was imported — Triton's interpreter, slow, meant for tests on machines 
 
 import torch
 
-from ..reference import relevance
+from ..reference import relevance, soft_relevance
 from .launch import interpreted
 from .loss import rankmixup_loss
 from .mix import _mix_kernel
@@ -41,6 +41,7 @@ class TritonBackend:
 
     # (K, B) elementwise work, negligible on a GPU next to the loss: plain PyTorch suffices.
     relevance = staticmethod(relevance)
+    soft_relevance = staticmethod(soft_relevance)
 
 
 BACKEND = TritonBackend()
