@@ -9,6 +9,7 @@ adapts to the cost of one call, within a time budget per measurement.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -39,9 +40,9 @@ def synchronize(device: torch.device) -> None:
 
 def measure(fns: Sequence[Callable[[], object]], device: torch.device, *, budget_s: float, min_reps: int = 5,
             max_reps: int = 1000) -> list[Timing]:
-    """Times each of ``fns`` after warm-up, interleaved: every round calls each function once,
-    so all of them are timed over the same window of time, and a burst of other work on a
-    shared machine slows them alike instead of whichever happened to run then.
+    """Times each of ``fns`` after warm-up, interleaved: every round calls each function once, in
+    a random order, so all of them are timed over the same window of time, and a burst of other
+    work on a shared machine slows them alike instead of whichever happened to run then.
 
     Warm-up runs each function at least three times and for its share of 10% of the budget, so
     that lazy initialisation (Triton autotuning, allocator growth) is not timed; the warm-up
@@ -57,23 +58,30 @@ def measure(fns: Sequence[Callable[[], object]], device: torch.device, *, budget
         per_call_s.append((time.perf_counter() - start) / calls)
     reps = max(min_reps, min(max_reps, int(0.9 * budget_s / sum(per_call_s))))
 
+    # Each round calls the functions in a new (seeded) random order: a call finds the caches as
+    # the call before it left them (on the CPU, a torch.compile'd function or the eager
+    # reference leaves them cold for the next), and a fixed order would charge that to whichever
+    # function always came next.
+    shuffler = random.Random(0)
+    orders = [shuffler.sample(range(len(fns)), len(fns)) for _ in range(reps)]
     if device.type == "cuda":
         events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in fns]
                   for _ in range(reps)]
-        for round_events in events:
-            for fn, (begin, end) in zip(fns, round_events):
+        for order, round_events in zip(orders, events):
+            for i in order:
+                begin, end = round_events[i]
                 begin.record()
-                fn()
+                fns[i]()
                 end.record()
         torch.cuda.synchronize(device)
         samples = [[begin.elapsed_time(end) for begin, end in column] for column in zip(*events)]
     else:
         samples = [[] for _ in fns]
-        for _ in range(reps):
-            for fn, column in zip(fns, samples):
+        for order in orders:
+            for i in order:
                 begin = time.perf_counter()
-                fn()
-                column.append((time.perf_counter() - begin) * 1e3)
+                fns[i]()
+                samples[i].append((time.perf_counter() - begin) * 1e3)
     return [Timing.of(column) for column in samples]
 
 
