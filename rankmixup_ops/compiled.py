@@ -5,8 +5,8 @@ fake (meta) implementations torch.compile needs. Their autograd is registered in
 
 Operators (schemas in csrc/ops.cpp):
 
-- ``loss(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin, ignore_index,
-  label_smoothing, reduction) -> (loss, ce, rank, row_coefs, row_argmax)``: the fused loss, one
+- ``loss(logits, mix_logits, targets, rel, *options) -> (loss, ce, rank, row_coefs, row_argmax)``,
+  ``options`` the eight fields of :class:`LossOptions` in their order: the fused loss, one
   read of every row; ``row_coefs`` (K+1, B, 5) and ``row_argmax`` (K+1, B) are what the
   backward needs of each row (its log-sum-exp and gradient terms), a few numbers per row.
 - ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index)

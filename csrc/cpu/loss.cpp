@@ -198,13 +198,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* ce_out = ce.data_ptr<acc_t>();
     acc_t* rank_out = rank.data_ptr<acc_t>();
-    const auto total = [&](acc_t ce_part, acc_t rank_part) {
-      return static_cast<acc_t>(options.ce_weight) * ce_part + static_cast<acc_t>(options.alpha) * rank_part;
-    };
     if (per_sample) {
       std::copy(per.ce.begin(), per.ce.end(), ce_out);
       std::copy(per.rank.begin(), per.rank.end(), rank_out);
-      for (int64_t b = 0; b < batch; ++b) loss_out[b] = total(per.ce[b], per.rank[b]);
+      for (int64_t b = 0; b < batch; ++b) loss_out[b] = total_loss(options, per.ce[b], per.rank[b]);
     } else {
       // Summed in double in sample order: deterministic, and no less exact than torch.sum.
       double ce_sum = 0, rank_sum = 0;
@@ -214,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
       }
       *ce_out = static_cast<acc_t>(ce_sum * scale);
       *rank_out = static_cast<acc_t>(rank_sum * scale);
-      *loss_out = total(*ce_out, *rank_out);
+      *loss_out = total_loss(options, *ce_out, *rank_out);
     }
   });
   return {loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix};

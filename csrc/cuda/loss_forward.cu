@@ -243,8 +243,7 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     if (a.loss) {
       a.ce[b] = loss.ce;
       a.rank[b] = loss.rank;
-      a.loss[b] =
-          static_cast<acc_t>(a.options.ce_weight) * loss.ce + static_cast<acc_t>(a.options.alpha) * loss.rank;
+      a.loss[b] = total_loss(a.options, loss.ce, loss.rank);
     } else {
       ce[s] = loss.ce;
       rank[s] = loss.rank;
@@ -282,8 +281,8 @@ __global__ void count_valid_kernel(const int64_t* targets, int64_t stride, int64
 
 // The reduced loss and parts from the per-block sums (SPEC §5), as the CPU kernel forms them.
 template <class acc_t>
-__global__ void total_kernel(const double* partials, int64_t blocks, const int64_t* num_valid, double ce_weight,
-                             double alpha, acc_t* loss, acc_t* ce, acc_t* rank) {
+__global__ void total_kernel(const double* partials, int64_t blocks, const int64_t* num_valid, LossOptions options,
+                             acc_t* loss, acc_t* ce, acc_t* rank) {
   __shared__ double scratch[kWarpSize];
   double ce_sum = 0, rank_sum = 0;
   for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
@@ -299,7 +298,7 @@ __global__ void total_kernel(const double* partials, int64_t blocks, const int64
     const acc_t rank_part = static_cast<acc_t>(rank_sum * scale);
     *ce = ce_part;
     *rank = rank_part;
-    *loss = static_cast<acc_t>(ce_weight) * ce_part + static_cast<acc_t>(alpha) * rank_part;
+    *loss = total_loss(options, ce_part, rank_part);
   }
 }
 
@@ -395,7 +394,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
     launch(kernel, shape.blocks, shape.teams.threads, shape.shared_bytes, stream, args);
     if (!none) {
       launch(total_kernel<acc_t>, 1, kBlockThreads, 0, stream, partials.const_data_ptr<double>(), shape.blocks,
-             num_valid.defined() ? num_valid.const_data_ptr<int64_t>() : nullptr, options.ce_weight, options.alpha,
+             num_valid.defined() ? num_valid.const_data_ptr<int64_t>() : nullptr, options,
              loss.data_ptr<acc_t>(), ce.data_ptr<acc_t>(), rank.data_ptr<acc_t>());
     }
   });

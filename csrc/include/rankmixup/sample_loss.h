@@ -62,6 +62,12 @@ RANKMIXUP_HD LossConfig<T> loss_config(const LossOptions& options, int64_t num_c
           discounts};
 }
 
+// The loss from its two parts (per sample, or reduced): ce_weight * ce + alpha * rank.
+template <class T>
+RANKMIXUP_HD T total_loss(const LossOptions& options, T ce, T rank) {
+  return static_cast<T>(options.ce_weight) * ce + static_cast<T>(options.alpha) * rank;
+}
+
 template <class T>
 struct RowGrad {
   T scale_p = T(0);
