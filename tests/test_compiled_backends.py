@@ -186,13 +186,13 @@ def _soft_targets(num_mix, batch, classes, dtype, device, seed):
     return soft.to(device)
 
 
-@pytest.mark.parametrize("classes", [11, 100])  # the CPU kernel's one-pass rows, and ATen's amax beyond 64
+# The CPU kernel's one-pass rows, and ATen's amax (over 64 classes and 2^16 elements).
+@pytest.mark.parametrize("num_mix,batch,classes", [(3, 7, 11), (3, 7, 100), (2, 400, 100)])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
-def test_soft_relevance_matches_reference(backend, device, dtype, out_dtype, classes):
+def test_soft_relevance_matches_reference(backend, device, dtype, out_dtype, num_mix, batch, classes):
     """Equal to the reference bit for bit: the largest entry is exact in any dtype, and both snap
     to 1 from the same threshold. On contiguous rows and on a transposed (column-major) copy."""
-    num_mix, batch = 3, 7
     soft = _soft_targets(num_mix, batch, classes, dtype, device, seed=17)
     expected = reference.soft_relevance(soft, num_mix, out_dtype)
     assert expected.isnan().sum() == 1 and (expected == 1).sum() >= 2  # the cases are there

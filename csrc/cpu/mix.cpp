@@ -20,8 +20,10 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kGrainElements = 1 << 15;
-// soft_relevance: rows of at most this many classes are scanned here, longer ones by ATen's amax.
+// soft_relevance scans rows of at most this many classes here, and inputs of at most this many
+// elements; larger inputs of longer rows go to ATen's amax.
 constexpr int64_t kSoftRelevanceOnePassClasses = 64;
+constexpr int64_t kSoftRelevanceOnePassElements = 1 << 16;
 // Features per block of the backward's float accumulator: small enough to stay in L1.
 constexpr int64_t kBlock = 1024;
 
@@ -194,10 +196,11 @@ Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& ind
 Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
   check_soft_relevance_args(soft_targets, num_mix, dtype);
   const int64_t rows = soft_targets.size(0), classes = soft_targets.size(1);
-  // Longer rows: ATen's amax, vectorised for this CPU's ISA (this file is compiled for baseline
-  // x86-64, and its loop runs at about half amax's speed on 1000 classes), then the snap below.
-  // Short rows, the paper's: one pass, without the three ATen calls' fixed cost.
-  if (classes > kSoftRelevanceOnePassClasses) {
+  // Large inputs of long rows: ATen's amax, vectorised for this CPU's ISA (this file is compiled
+  // for baseline x86-64, and its loop runs at about half amax's speed on 1000 classes), then the
+  // snap. Short rows, or few of them (the paper's shapes): one pass, without the fixed cost of
+  // those three ATen calls.
+  if (classes > kSoftRelevanceOnePassClasses && rows * classes > kSoftRelevanceOnePassElements) {
     Tensor rel = soft_targets.amax(1).to(dtype).view({num_mix, rows / num_mix});
     return rel.masked_fill_(rel.ge(1.0 - kSoftRelevanceOneTolerance), 1.0);
   }
