@@ -9,6 +9,9 @@ offline. Each method trains the same MLP from the same initialisation per seed:
 - ``mrl``:    RankMixup with the margin ranking loss (K=1 mix, as the paper uses for MRL);
 - ``mndcg``:  RankMixup with the M-NDCG loss (K=3 mixes).
 
+With ``--mix-layer N`` the RankMixup methods mix the output of the MLP's layer N instead of
+its input (manifold mixup, the RankMixup code's ``layer_mix``), through ``rankmixup_ops.mix_at``.
+
 It prints mean and standard deviation over the seeds of accuracy, ECE, AdaECE and NLL on the
 held-out split, and, with ``--plots DIR``, writes a reliability diagram per method.
 
@@ -58,13 +61,17 @@ def training_loss(method: str, model: nn.Module, x, y, generator: torch.Generato
         soft = rmx.soft_targets(y, batch.lam, batch.index, num_classes=10)
         return torch.sum(-soft * F.log_softmax(model(batch.inputs), dim=1), dim=1).mean()
     num_mix = 1 if method == "mrl" else 3
-    batch = rmx.mixup(x, num_mix=num_mix, alpha=args.mix_alpha, generator=generator)
-    # One forward over raw and mixed samples together, as the reference code does.
-    all_logits = model(torch.cat([x, batch.inputs]))
+    if args.mix_layer is None:
+        batch = rmx.mixup(x, num_mix=num_mix, alpha=args.mix_alpha, generator=generator)
+        lam, index = batch.lam, batch.index
+        # One forward over raw and mixed samples together, as the reference code does.
+        all_logits = model(torch.cat([x, batch.inputs]))
+    else:  # manifold mixup: the mixes are made of the hidden layer's outputs
+        lam, index = rmx.sample_mixup(len(x), num_mix, args.mix_alpha, generator=generator)
+        with rmx.mix_at(model[args.mix_layer], lam, index):
+            all_logits = model(x)
     logits, mix_logits = all_logits[: len(x)], all_logits[len(x) :]
-    out = rmx.rankmixup_loss(
-        logits, mix_logits, y, batch.lam, batch.index, mode=method, alpha=args.rank_alpha, margin=args.margin
-    )
+    out = rmx.rankmixup_loss(logits, mix_logits, y, lam, index, mode=method, alpha=args.rank_alpha, margin=args.margin)
     return out.loss
 
 
@@ -94,6 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mix-alpha", type=float, default=1.0, help="Beta(a, a) parameter of the mixing coefficient")
     parser.add_argument("--rank-alpha", type=float, default=0.5, help="weight of the rank loss")
     parser.add_argument("--margin", type=float, default=1.0, help="MRL margin on max logits")
+    parser.add_argument("--mix-layer", type=int, choices=range(4), default=None,
+                        help="RankMixup methods: mix the output of this layer of the MLP (manifold mixup; "
+                        "0-3: Linear, ReLU, Linear, ReLU) instead of the input")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--plots", type=Path, default=None, help="write reliability diagrams (PNG) here")
     args = parser.parse_args(argv)

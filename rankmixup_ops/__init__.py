@@ -10,7 +10,7 @@ from . import compat, metrics, reference
 from ._types import LossOutput, MixupBatch
 from .backends import BackendStatus, BackendUnavailable, available_backends
 from .functional import mndcg_loss, mrl_loss, rankmixup_loss, soft_targets
-from .mixup import mix, mixup, sample_mixup
+from .mixup import mix, mix_at, mixup, sample_mixup
 from .modules import Mixup, RankMixupLoss
 
 __version__ = "0.1.0"
@@ -26,6 +26,7 @@ __all__ = [
     "compat",
     "metrics",
     "mix",
+    "mix_at",
     "mixup",
     "mndcg_loss",
     "mrl_loss",

@@ -1,14 +1,19 @@
-"""Mixup generation: sampling ``(lam, index)`` on the device, and the mix op (SPEC §2)."""
+"""Mixup generation: sampling ``(lam, index)`` on the device, the mix op (SPEC §2), and mixing
+at a hidden layer."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+from torch import nn
 
 from . import _checks as check
 from ._types import MixupBatch, accumulation_dtype
 from .backends import resolve
 
-__all__ = ["sample_mixup", "mix", "mixup"]
+__all__ = ["sample_mixup", "mix", "mixup", "mix_at"]
 
 
 def sample_mixup(
@@ -96,3 +101,46 @@ def mixup(
     check.shape("mixup", "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
     lam, index = sample_mixup(x.shape[0], num_mix, alpha, per_sample=per_sample, device=x.device, generator=generator)
     return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
+
+
+@contextlib.contextmanager
+def mix_at(module: nn.Module, lam, index: torch.Tensor, *, backend: str = "auto") -> Iterator[None]:
+    """Mixes at a hidden layer (manifold mixup; the RankMixup code's ``layer_mix``): inside the
+    block, the output ``h`` (B, *feat) of ``module``'s first call becomes ``h`` followed by its K
+    mixes, ``torch.cat([h, mix(h, lam, index)])`` (B + K*B rows, mix-major as :func:`mix` lays
+    them out), so that the rest of the network runs on the raw samples and their mixes at once
+    and returns the raw outputs followed by the mixes'.
+
+    >>> lam, index = sample_mixup(len(x), 3, 2.0, device=x.device)
+    >>> with mix_at(model.layer2, lam, index):  # doctest: +SKIP
+    ...     out = model(x)  # (4*B, C)
+    >>> loss = rankmixup_loss(out[:len(x)], out[len(x):], y, lam, index)  # doctest: +SKIP
+
+    The layers after ``module`` see B + K*B rows in one batch: a BatchNorm there takes its
+    statistics over the raw samples and the mixes together (as the reference code's single
+    forward over ``torch.cat([x, mixed])`` does at the input). Differentiable in ``h`` through
+    both its raw rows and its mixes. Raises RuntimeError if ``module`` runs twice inside the
+    block (its second input would already hold the mixes), or not at all.
+    """
+    fn = "mix_at"
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
+    index = check.integer(fn, "index", index)
+    calls = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError(f"{fn}: {type(module).__name__} ran twice inside the block; it must run once per forward")
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"{fn}: {type(module).__name__} must output one tensor, got {type(output).__name__}")
+        return torch.cat([output, mix(output, lam, index, backend=backend)])
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if calls == 0:
+        raise RuntimeError(f"{fn}: {type(module).__name__} did not run inside the block: nothing was mixed")
