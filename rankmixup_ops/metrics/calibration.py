@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from . import _checks as check
+from .. import _checks as check
 
 __all__ = ["METRICS", "CalibrationMeter", "calibration_errors", "reliability_diagram"]
 
