@@ -194,16 +194,19 @@ def test_mix_at_rejects_misuse():
 
 
 def test_digits_example_trains_with_mix_at():
-    """examples/train_digits.py --mix-layer: the example that trains with mix_at runs."""
+    """examples/train_digits.py --mix-layer: the example that trains with mix_at runs, and prints
+    the demo's table (calibration before and after temperature scaling, OOD AUROC)."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, "examples/train_digits.py", "--seeds", "1", "--epochs", "1", "--methods", "mndcg",
+        [sys.executable, "examples/train_digits.py", "--seeds", "1", "--epochs", "1", "--methods", "ce_ls", "mndcg",
          "--mix-layer", "1"],
         cwd=root, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "mndcg" in result.stdout.splitlines()[-1]
+    header, *rows = result.stdout.strip().splitlines()[-3:]
+    assert "ECE TS %" in header and "OOD AUROC %" in header
+    assert [row.split()[0] for row in rows] == ["ce_ls", "mndcg"]
