@@ -76,6 +76,13 @@ def test_narrow_logits_are_fitted_in_float32(dtype):
     assert torch.equal(fitted, fit_temperature(narrow.float(), targets))
 
 
+def test_masked_classes_change_nothing():
+    """A class of logit -inf in every row (masked out) is no class at all: the same T."""
+    logits, targets = _logits(200, 6, 2.0, seed=5)
+    masked = torch.cat([logits, torch.full((200, 1), -torch.inf, dtype=logits.dtype)], dim=1)
+    assert fit_temperature(masked, targets).item() == pytest.approx(fit_temperature(logits, targets).item(), rel=1e-9)
+
+
 def test_scaler_fits_applies_and_saves():
     logits, targets = _logits(300, 10, 5.0, seed=3)
     scaler = TemperatureScaler().fit(logits, targets)

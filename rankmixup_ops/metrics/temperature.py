@@ -49,7 +49,9 @@ def _check_logits_targets(fn: str, logits, targets) -> torch.Tensor:
 def _nll_slope(z: torch.Tensor, z_target: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """d NLL / d beta at ``beta``: the mean over samples of E_p[z] - z_target, summed in float64."""
     p = torch.softmax(z * beta, dim=1)
-    return ((p * z).sum(dim=1) - z_target).double().mean()
+    # A class of logit -inf (masked) has p = 0 and adds nothing to E_p[z] (0 * -inf would be NaN).
+    expected = torch.where(p > 0, p * z, 0.0).sum(dim=1)
+    return (expected - z_target).double().mean()
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
