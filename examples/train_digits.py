@@ -164,7 +164,10 @@ def main(argv=None) -> int:
 
     if not (0 < args.train_fraction and 0 < args.val_fraction and args.train_fraction + args.val_fraction < 1):
         parser.error("--train-fraction and --val-fraction must be positive and leave a test set")
-    if len(set(args.ood_classes)) > 8:
+    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
+        parser.error("--seeds, --epochs and --batch-size must be >= 1")
+    args.ood_classes = sorted(set(args.ood_classes))
+    if len(args.ood_classes) > 8:
         parser.error("--ood-classes: leave at least two digits to train on")
 
     results = {method: {key: [] for key, _, _ in COLUMNS} for method in args.methods}

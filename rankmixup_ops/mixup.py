@@ -118,7 +118,9 @@ def mix_at(module: nn.Module, lam, index: torch.Tensor, *, backend: str = "auto"
 
     The layers after ``module`` see B + K*B rows in one batch: a BatchNorm there takes its
     statistics over the raw samples and the mixes together (as the reference code's single
-    forward over ``torch.cat([x, mixed])`` does at the input). Differentiable in ``h`` through
+    forward over ``torch.cat([x, mixed])`` does at the input). Use it on an eager model: a
+    ``torch.compile``'d one does not run hooks added after compilation (the block then raises,
+    since the module did not run). Differentiable in ``h`` through
     both its raw rows and its mixes. Raises RuntimeError if ``module`` runs twice inside the
     block (its second input would already hold the mixes), or not at all.
     """

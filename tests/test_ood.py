@@ -96,6 +96,7 @@ def test_bad_input_names_the_argument():
         ((id_logits.long(), ood_logits), {}, TypeError, "id_logits must be a floating tensor"),
         ((id_logits, ood_logits.to("meta")), {}, ValueError, "ood_logits is on meta"),
         ((id_logits, ood_logits), {"score": "entropy"}, ValueError, "score must be one of"),
+        ((id_logits.index_fill(0, torch.tensor([1]), float("nan")), ood_logits), {}, ValueError, "score is NaN"),
     ]
     for args, kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -108,6 +108,8 @@ def test_bad_input_names_the_argument():
         ((logits, targets[:5]), ValueError, "targets must have shape"),
         ((logits, torch.full_like(targets, 4)), ValueError, "targets must lie in"),
         ((logits, targets.to("meta")), ValueError, "targets is on meta"),
+        ((torch.where(torch.arange(4) == targets[:, None], -torch.inf, logits), targets), ValueError, "-inf at"),
+        ((logits.index_fill(1, torch.tensor([0]), float("nan")), targets), ValueError, "hold a NaN"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):

@@ -64,8 +64,8 @@ def ood_metrics(id_logits: torch.Tensor, ood_logits: torch.Tensor, *, score: str
 
     Args:
         id_logits: ``(N, C)`` logits of in-distribution inputs, ``N >= 1``, ``C >= 2``.
-        ood_logits: ``(M, C)`` logits of out-of-distribution inputs, ``M >= 1``, same C, dtype
-            family and device.
+        ood_logits: ``(M, C)`` logits of out-of-distribution inputs, ``M >= 1``, same C and
+            device.
         score: ``"msp"`` (max softmax probability), ``"max_logit"`` or ``"energy"``
             (``logsumexp`` of the logits); computed in float64.
 
@@ -84,6 +84,8 @@ def ood_metrics(id_logits: torch.Tensor, ood_logits: torch.Tensor, *, score: str
     check.same_device(fn, "id_logits", id_logits, ood_logits=ood_logits)
 
     id_score, ood_score = _score(id_logits.detach(), score), _score(ood_logits.detach(), score)
+    if bool(id_score.isnan().any() | ood_score.isnan().any()):  # it would rank as a threshold of its own
+        raise ValueError(f"{fn}: the {score} score is NaN for some input (NaN logits?)")
     true_pos, false_pos = _curve(id_score, ood_score)
     tpr = true_pos / id_score.numel()
     fpr = false_pos / ood_score.numel()

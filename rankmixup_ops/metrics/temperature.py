@@ -71,6 +71,9 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     targets = _check_logits_targets(fn, logits, targets)
     z = logits.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     z_target = z.gather(1, targets.unsqueeze(1)).squeeze(1)
+    # Either would make every slope NaN or infinite, and the bisection end at a bound, silently.
+    if bool(z.isnan().any() | (z_target == -torch.inf).any()):
+        raise ValueError(f"{fn}: logits hold a NaN, or -inf at a sample's target class: no temperature fits them")
     # Bisection in log(beta) over [1/T_max, 1/T_min], on the device: the slope's sign says on
     # which side of beta the minimiser lies (slope > 0: beta too large, T too small).
     t_min, t_max = TEMPERATURE_RANGE
