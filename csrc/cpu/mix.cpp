@@ -198,11 +198,10 @@ Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::Scala
   const int64_t rows = soft_targets.size(0), classes = soft_targets.size(1);
   // Large inputs of long rows: ATen's amax, vectorised for this CPU's ISA (this file is compiled
   // for baseline x86-64, and its loop runs at about half amax's speed on 1000 classes), then the
-  // snap. Short rows, or few of them (the paper's shapes): one pass, without the fixed cost of
-  // those three ATen calls.
+  // snap: relevance.cpp's composite. Short rows, or few of them (the paper's shapes): one pass,
+  // without the fixed cost of those three ATen calls.
   if (classes > kSoftRelevanceOnePassClasses && rows * classes > kSoftRelevanceOnePassElements) {
-    Tensor rel = soft_targets.amax(1).to(dtype).view({num_mix, rows / num_mix});
-    return rel.masked_fill_(rel.ge(1.0 - kSoftRelevanceOneTolerance), 1.0);
+    return soft_relevance_composite(soft_targets, num_mix, dtype);
   }
   const int64_t row_stride = soft_targets.stride(0), col_stride = soft_targets.stride(1);
   Tensor rel = at::empty({num_mix, rows / num_mix}, soft_targets.options().dtype(dtype));
