@@ -17,7 +17,7 @@ STACK_PYTHON := $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/ver
 endif
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: setup build test stack-check demo cmake-check aot-check bench bench-cpu gpu-check clean
+.PHONY: setup build test stack-check demo cmake-check aot-check bench bench-cpu bench-cutmix gpu-check clean
 
 setup: $(STAMP) $(EXTENSION_STAMP)
 
@@ -72,6 +72,12 @@ gpu-check:
 
 bench-cpu: setup
 	$(PY) -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-group-by=param:shape --benchmark-columns=median,iqr,rounds
+
+# rankmixup_ops.cutmix against timm's and torchvision's CutMix (benchmarks/cutmix.py), with those
+# two installed into the venv from requirements-bench.txt first.
+bench-cutmix: setup
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m benchmarks.cutmix --markdown
 
 clean:
 	rm -rf $(VENV) $(STACK_VENV) build *.egg-info .pytest_cache

@@ -36,31 +36,31 @@ using torch::autograd::variable_list;
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& mix_logits,
-                               const Tensor& targets, const Tensor& rel, const LossOptions& options,
-                               bool grad_in_forward) {
+                               const Tensor& targets, const Tensor& rel, const ClassWeight& weight,
+                               const LossOptions& options, bool grad_in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
     Tensor loss, ce, rank, row_coefs, row_argmax;
     if (grad_in_forward) {
       Tensor grad_logits, grad_mix;
       std::tie(loss, ce, rank, row_coefs, row_argmax, grad_logits, grad_mix) =
-          call_with_options(loss_with_grad_op(), logits, mix_logits, targets, rel, options);
+          call_with_options(loss_with_grad_op(), logits, mix_logits, targets, rel, weight, options);
       ctx->saved_data[kGradLogits] = grad_logits;
       ctx->saved_data[kGradMix] = grad_mix;
     } else {
       std::tie(loss, ce, rank, row_coefs, row_argmax) =
-          call_with_options(loss_op(), logits, mix_logits, targets, rel, options);
+          call_with_options(loss_op(), logits, mix_logits, targets, rel, weight, options);
     }
     ctx->mark_non_differentiable({ce, rank, row_coefs, row_argmax});
     // The four non-differentiable outputs never carry a gradient: spare autograd filling a
     // tensor of zeros for each of them on every backward.
     ctx->set_materialize_grads(false);
-    ctx->save_for_backward({logits, mix_logits, targets, row_coefs, row_argmax});
+    ctx->save_for_backward({logits, mix_logits, targets, row_coefs, row_argmax, weight.value_or(Tensor())});
     ctx->saved_data["ignore_index"] = options.ignore_index;
     return {loss, ce, rank, row_coefs, row_argmax};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(6);  // one per input of forward; only the logits are differentiable
+    variable_list out(7);  // one per input of forward; only the logits are differentiable
     if (!grads[0].defined()) return out;
     const variable_list saved = ctx->get_saved_variables();
     const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
@@ -77,8 +77,9 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
       out[1] = grad_mix;
       return out;
     }
+    const ClassWeight weight = saved[5].defined() ? ClassWeight(saved[5]) : std::nullopt;
     std::tie(out[0], out[1]) =
-        loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], ignore_index);
+        loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], ignore_index, weight);
     return out;
   }
 
@@ -119,13 +120,13 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
 
 LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                          const LossOptions& options) {
+                          const ClassWeight& weight, const LossOptions& options) {
   // Not for float16/bfloat16 logits: their forward gradients would be float32 buffers twice the
   // logits' size, kept until the backward; narrow dtypes are chosen to save memory.
   const bool wide = logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble;
   const bool grad_in_forward = logits.device().is_cpu() && wide && at::GradMode::is_enabled() &&
                                (logits.requires_grad() || mix_logits.requires_grad());
-  const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, options, grad_in_forward);
+  const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, weight, options, grad_in_forward);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "op_args.h"  // ClassWeight
 #include "rankmixup/sample_loss.h"
 
 namespace rankmixup {
@@ -20,15 +21,15 @@ using LossKernelOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 namespace cpu {
 LossKernelOutputs loss_cpu(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                           const LossOptions& options);
+                           const ClassWeight& weight, const LossOptions& options);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
     const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-    const LossOptions& options);
+    const ClassWeight& weight, const LossOptions& options);
 void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Tensor& grad_loss,
                      const Tensor& targets, int64_t ignore_index);
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& mix_logits,
                                              const Tensor& targets, const Tensor& coefs, const Tensor& argmaxes,
-                                             int64_t ignore_index);
+                                             int64_t ignore_index, const ClassWeight& weight);
 Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& index);
 Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index);
@@ -37,10 +38,10 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
 
 namespace cuda {
 LossKernelOutputs loss_cuda(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                            const LossOptions& options);
+                            const ClassWeight& weight, const LossOptions& options);
 std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Tensor& logits,
                                               const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
-                                              const Tensor& argmaxes, int64_t ignore_index);
+                                              const Tensor& argmaxes, int64_t ignore_index, const ClassWeight& weight);
 Tensor mix_cuda(const Tensor& x, const Tensor& lam, const Tensor& index);
 Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& index);
 }  // namespace cuda
@@ -49,7 +50,7 @@ Tensor relevance_composite(const Tensor& targets, const Tensor& lam, const Tenso
 Tensor soft_relevance_composite(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 
 LossKernelOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets,
-                                const Tensor& rel, const LossOptions& options);
+                                const Tensor& rel, const ClassWeight& weight, const LossOptions& options);
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index);
 Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index);

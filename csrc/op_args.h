@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string_view>
 
 #include "rankmixup/sample_loss.h"
@@ -39,14 +40,17 @@ inline LossOptions parse_loss_options(std::string_view mode, std::string_view sc
           reduction == "mean" ? Reduction::kMean : (reduction == "sum" ? Reduction::kSum : Reduction::kNone)};
 }
 
-// A loss kernel over (logits, mix_logits, targets, rel, const LossOptions&) as the kernel of an
-// operator with the loss schema's flat arguments: what ops.cpp registers.
+// The class weights of the loss operators (their last schema argument, Tensor? weight).
+using ClassWeight = std::optional<at::Tensor>;
+
+// A loss kernel over (logits, mix_logits, targets, rel, weight, const LossOptions&) as the kernel
+// of an operator with the loss schema's flat arguments: what ops.cpp registers.
 template <auto kernel>
 auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
                          const at::Tensor& rel, std::string_view mode, std::string_view score, double ce_weight,
                          double alpha, double margin, int64_t ignore_index, double label_smoothing,
-                         std::string_view reduction) {
-  return kernel(logits, mix_logits, targets, rel,
+                         std::string_view reduction, const ClassWeight& weight) {
+  return kernel(logits, mix_logits, targets, rel, weight,
                 parse_loss_options(mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction));
 }
 
@@ -54,16 +58,27 @@ auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits,
 // schema arguments; what autograd.cpp redispatches with.
 template <class Op>
 auto call_with_options(const Op& op, const at::Tensor& logits, const at::Tensor& mix_logits,
-                       const at::Tensor& targets, const at::Tensor& rel, const LossOptions& options) {
+                       const at::Tensor& targets, const at::Tensor& rel, const ClassWeight& weight,
+                       const LossOptions& options) {
   constexpr std::string_view kModes[] = {"mrl", "mndcg"}, kScores[] = {"logit", "prob"},
                              kReductions[] = {"mean", "sum", "none"};
   return op.call(logits, mix_logits, targets, rel, kModes[static_cast<int>(options.mode)],
                  kScores[static_cast<int>(options.score)], options.ce_weight, options.alpha, options.margin,
-                 options.ignore_index, options.label_smoothing, kReductions[static_cast<int>(options.reduction)]);
+                 options.ignore_index, options.label_smoothing, kReductions[static_cast<int>(options.reduction)],
+                 weight);
+}
+
+// Class weights, when given, are contiguous (C,) in the logits' accumulation dtype on their device.
+inline void check_class_weight(const char* op, const ClassWeight& weight, const at::Tensor& logits) {
+  if (!weight.has_value()) return;
+  TORCH_CHECK(weight->dim() == 1 && weight->size(0) == logits.size(1) && weight->is_contiguous() &&
+                  weight->scalar_type() == accumulation_type(logits.scalar_type()),
+              op, ": weight must be a contiguous (C,) tensor, float64 for float64 logits and float32 for the others");
+  TORCH_CHECK(weight->device() == logits.device(), op, ": all tensors must be on one device");
 }
 
 inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
-                            const at::Tensor& rel) {
+                            const at::Tensor& rel, const ClassWeight& weight) {
   TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0, "rankmixup::loss: logits must be (B, C), non-empty");
   TORCH_CHECK(logits.is_floating_point(), "rankmixup::loss: logits must be floating point");
   // The CPU row loops index within a row in 32 bits (and across rows in 64).
@@ -80,12 +95,13 @@ inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logi
   for (const at::Tensor* t : {&mix_logits, &targets, &rel}) {
     TORCH_CHECK(t->device() == logits.device(), "rankmixup::loss: all tensors must be on one device");
   }
+  check_class_weight("rankmixup::loss", weight, logits);
 }
 
 // The backward's inputs must be the forward's own (its row_coefs and row_argmax included).
 inline void check_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
                                      const at::Tensor& mix_logits, const at::Tensor& targets, const at::Tensor& coefs,
-                                     const at::Tensor& argmaxes) {
+                                     const at::Tensor& argmaxes, const ClassWeight& weight) {
   // The same shapes and dtypes as the forward checks: the kernels index mix rows with the
   // logits' C and a 2-D stride, so a mismatch here would read and write out of bounds.
   TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0 && logits.is_floating_point(),
@@ -106,6 +122,13 @@ inline void check_loss_backward_args(const at::Tensor& grad_loss, const at::Tens
   for (const at::Tensor* t : {&grad_loss, &mix_logits, &targets, &coefs, &argmaxes}) {
     TORCH_CHECK(t->device() == logits.device(), "rankmixup::loss_backward: all tensors must be on one device");
   }
+  check_class_weight("rankmixup::loss_backward", weight, logits);
+}
+
+// The class weights' pointer for a kernel (null when unweighted); check_class_weight passed.
+template <class acc_t>
+const acc_t* class_weight_data(const ClassWeight& weight) {
+  return weight.has_value() ? weight->const_data_ptr<acc_t>() : nullptr;
 }
 
 // scale_grads_ writes into its first two arguments: they must be the loss_with_grad outputs'

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -21,7 +22,7 @@ using LossWithGradOutputs =
 template <class Out>
 using LossSignature = Out(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                           std::string_view, std::string_view, double, double, double, int64_t, double,
-                          std::string_view);
+                          std::string_view, const std::optional<at::Tensor>&);
 
 template <class Signature>
 c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
@@ -47,7 +48,8 @@ inline const auto& scale_grads_op() {
 inline const auto& loss_backward_op() {
   static const auto op =
       typed_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                  const std::optional<at::Tensor>&)>(
           "rankmixup::loss_backward");
   return op;
 }

@@ -69,7 +69,7 @@ TORCH_LIBRARY(rankmixup, m) {
   // gradient's terms, for grad_output = 1, reduction applied) and the argmax.
   m.def(
       "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
-      "float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
+      "float alpha, float margin, int ignore_index, float label_smoothing, str reduction, Tensor? weight=None) -> "
       "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
   m.impl("loss", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_cpu>));
   RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::with_parsed_options<&rankmixup::cuda::loss_cuda>)));
@@ -81,9 +81,9 @@ TORCH_LIBRARY(rankmixup, m) {
   // CPU), its backward then only scaling them. Not differentiable itself.
   m.def(
       "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, "
-      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction) -> "
-      "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, Tensor grad_logits, "
-      "Tensor grad_mix_logits)");
+      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
+      "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, "
+      "Tensor grad_logits, Tensor grad_mix_logits)");
   m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
 
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
@@ -96,10 +96,11 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("scale_grads_", on(DispatchKey::CPU, &rankmixup::cpu::scale_grads_cpu));
 
   // Gradient of loss w.r.t. logits and mix_logits, scaled by grad_loss (scalar, or (B,) for
-  // reduction='none').
+  // reduction='none'); weight: the forward's class weights (a weighted raw row's constant term
+  // is per class).
   m.def(
       "loss_backward(Tensor grad_loss, Tensor logits, Tensor mix_logits, Tensor targets, Tensor row_coefs, "
-      "Tensor row_argmax, int ignore_index) -> (Tensor grad_logits, Tensor grad_mix_logits)");
+      "Tensor row_argmax, int ignore_index, Tensor? weight=None) -> (Tensor grad_logits, Tensor grad_mix_logits)");
   m.impl("loss_backward", on(DispatchKey::CPU, &rankmixup::cpu::loss_backward_cpu));
   RANKMIXUP_IF_CUDA(m.impl("loss_backward", on(DispatchKey::CUDA, &rankmixup::cuda::loss_backward_cuda)));
 
@@ -164,10 +165,11 @@ PYBIND11_MODULE(_C, m) {
       "loss",
       [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
          std::string_view mode, std::string_view score, double ce_weight, double alpha, double margin,
-         int64_t ignore_index, double label_smoothing, std::string_view reduction) {
+         int64_t ignore_index, double label_smoothing, std::string_view reduction,
+         const std::optional<Tensor>& weight) {
         return as_python_call([&] {
           return rankmixup::loss_op().call(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin,
-                                           ignore_index, label_smoothing, reduction);
+                                           ignore_index, label_smoothing, reduction, weight);
         });
       },
       "torch.ops.rankmixup.loss, called directly.");

@@ -42,7 +42,9 @@ class LossOptions(NamedTuple):
     The fields are in the order of the loss operators' schemas (csrc/ops.cpp), so that a
     compiled backend passes them as ``op(logits, mix_logits, targets, rel, *options)``. The
     defaults are :func:`rankmixup_ops.rankmixup_loss`'s. ``ce_weight`` is 1 for the loss and 0
-    for the rank terms alone (``mrl_loss``, ``mndcg_loss``).
+    for the rank terms alone (``mrl_loss``, ``mndcg_loss``). ``weight`` holds the class weights
+    of the CE term, ``(C,)`` in the logits' accumulation dtype and on their device, or None;
+    it is the one tensor among the options (the operators take it as ``Tensor? weight``).
     """
 
     mode: str = "mndcg"
@@ -53,6 +55,7 @@ class LossOptions(NamedTuple):
     ignore_index: int = -100
     label_smoothing: float = 0.0
     reduction: str = "mean"
+    weight: torch.Tensor | None = None
 
 
 class BackendUnavailable(RuntimeError):

@@ -6,11 +6,13 @@ fake (meta) implementations torch.compile needs. Their autograd is registered in
 Operators (schemas in csrc/ops.cpp):
 
 - ``loss(logits, mix_logits, targets, rel, *options) -> (loss, ce, rank, row_coefs, row_argmax)``,
-  ``options`` the eight fields of :class:`LossOptions` in their order: the fused loss, one
+  ``options`` the nine fields of :class:`LossOptions` in their order (the class weights last,
+  ``Tensor? weight=None``): the fused loss, one
   read of every row; ``row_coefs`` (K+1, B, 5) and ``row_argmax`` (K+1, B) are what the
   backward needs of each row (its log-sum-exp and gradient terms), a few numbers per row.
-- ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index)
-  -> (grad_logits, grad_mix_logits)``: one more read of every row, one write of its gradient.
+- ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index,
+  weight=None) -> (grad_logits, grad_mix_logits)``: one more read of every row, one write of its
+  gradient.
 
 - ``loss_with_grad(...same arguments as loss...) -> (the loss op's five outputs, grad_logits,
   grad_mix_logits)``: the gradients for ``grad_output = 1``, in the accumulation dtype, written
@@ -72,7 +74,7 @@ def _scale_grads_fake(grad_logits, grad_mix_logits, grad_loss, targets, ignore_i
 
 
 @torch.library.register_fake("rankmixup::loss_backward")
-def _loss_backward_fake(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index):
+def _loss_backward_fake(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index, weight=None):
     return torch.empty_like(logits, memory_format=torch.contiguous_format), torch.empty_like(
         mix_logits, memory_format=torch.contiguous_format)
 

@@ -40,6 +40,7 @@ def rankmixup_loss(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    weight: torch.Tensor | None = None,
     validate: bool = False,
     backend: str = "auto",
 ) -> LossOutput:
@@ -60,6 +61,10 @@ def rankmixup_loss(
         label_smoothing: for the CE term, as in ``torch.nn.functional.cross_entropy``.
         reduction: ``"mean"`` over valid samples, ``"sum"``, or ``"none"`` (per sample, 0 for
             ignored ones).
+        weight: class weights ``(C,)`` of the CE term, as in ``torch.nn.functional.cross_entropy``:
+            sample b's CE is weighted by ``weight[targets[b]]`` (the smoothing term by each
+            class's weight), and the mean divides the CE by the summed weights of the valid
+            targets; the rank term is unweighted. Not differentiable.
         validate: also run the checks that read values (label range, permutations, lam in
             [0, 1]); they synchronise with the device. ``RANKMIXUP_VALIDATE=1`` turns them on too.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
@@ -69,7 +74,7 @@ def rankmixup_loss(
         (float64 for float64 logits) whatever the input dtype.
     """
     fn = "rankmixup_loss"
-    options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
+    options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction, weight)
     return loss_call(fn, logits, mix_logits, targets, lam, index, options, validate, backend)
 
 
@@ -114,8 +119,12 @@ def mndcg_loss(
 
 
 def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing,
-                 reduction) -> LossOptions:
-    """The checked :class:`LossOptions` of a call of ``fn`` (arguments in its field order)."""
+                 reduction, weight=None) -> LossOptions:
+    """The checked :class:`LossOptions` of a call of ``fn`` (arguments in its field order); a
+    ``weight`` is checked here as far as it can be without the logits (see :func:`class_weight`)."""
+    if weight is not None:
+        check.floating(fn, "weight", weight)
+        check.shape(fn, "weight", weight, "(C,) with C >= 1", weight.dim() == 1 and weight.numel() > 0)
     return LossOptions(
         check.choice(fn, "mode", mode, MODES),
         check.choice(fn, "score", score, SCORES),
@@ -125,13 +134,25 @@ def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, l
         check.int64(fn, "ignore_index", ignore_index),
         check.real(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0),
         check.choice(fn, "reduction", reduction, REDUCTIONS),
+        weight,
     )
+
+
+def class_weight(fn: str, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``weight`` as the backends take it: ``(C,)`` for the logits' C, on their device, in their
+    accumulation dtype, contiguous and detached (class weights are data, not parameters)."""
+    if weight.shape != (logits.shape[1],):
+        raise check.shape_error(fn, "weight", weight, f"({logits.shape[1]},), one per class of logits")
+    check.same_device(fn, "logits", logits, weight=weight)
+    return weight.detach().to(accumulation_dtype(logits.dtype)).contiguous()
 
 
 def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOptions, validate, backend) -> LossOutput:
     """Checks the tensors, then runs the backend with ``options`` (checked by the caller, once:
     the modules check theirs at construction)."""
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
+    if options.weight is not None:
+        options = options._replace(weight=class_weight(fn, options.weight, logits))
     if check.validation_requested(check.flag(fn, "validate", validate)):
         check.validate_values(
             fn,

@@ -32,17 +32,23 @@ class RankMixupLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
+        weight: torch.Tensor | None = None,
         validate: bool = False,
         backend: str = "auto",
     ):
         super().__init__()
         fn = "RankMixupLoss"
-        self.options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction)
+        options = loss_options(fn, mode, score, 1.0, alpha, margin, ignore_index, label_smoothing, reduction, weight)
+        # The class weights are a buffer, as in nn.CrossEntropyLoss: .to() moves them and the
+        # state dict holds them; the options take the buffer's current value at each call.
+        self.register_buffer("weight", weight)
+        self.options = options._replace(weight=None)
         self.validate = check.flag(fn, "validate", validate)
         self.backend = check_name(fn, backend)
 
     def forward(self, logits, mix_logits, targets, lam, index) -> LossOutput:
-        return loss_call("RankMixupLoss", logits, mix_logits, targets, lam, index, self.options, self.validate,
+        options = self.options if self.weight is None else self.options._replace(weight=self.weight)
+        return loss_call("RankMixupLoss", logits, mix_logits, targets, lam, index, options, self.validate,
                          self.backend)
 
     def extra_repr(self) -> str:

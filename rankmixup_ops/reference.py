@@ -106,23 +106,19 @@ def rankmixup_loss_from_relevance(
     """``ce_weight * CE + alpha * rank`` given the relevance ``rel`` (K, B) of every mix: all the
     pairing information the loss needs (SPEC §3; the compat classes read it off the reference
     code's soft targets); ``ce_weight=0`` gives the rank term alone."""
-    mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction = options
+    mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction, weight = options
     batch, _ = logits.shape
     num_mix = rel.shape[0]
     acc = accumulation_dtype(logits.dtype)
     valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
 
     # Ignored samples are replaced by zeros up front, so that their (possibly non-finite)
     # logits reach neither the loss nor the gradient: where() passes a clean 0 gradient back.
     z_raw = torch.where(valid.unsqueeze(1), logits.to(acc), 0)
     z_mix = torch.where(valid.view(1, batch, 1), mix_logits.to(acc).view(num_mix, batch, -1), 0)
 
-    ce = F.cross_entropy(
-        z_raw,
-        torch.where(valid, targets, 0),
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
+    ce = F.cross_entropy(z_raw, safe_targets, weight=weight, reduction="none", label_smoothing=label_smoothing)
     if mode == "mrl":
         rank = _mrl(z_raw, z_mix, rel.to(acc), margin, score)
     else:
@@ -133,9 +129,15 @@ def rankmixup_loss_from_relevance(
     if reduction == "none":
         loss, ce_part, rank_part = ce_weight * ce + alpha * rank, ce, rank
     else:
-        # A mean over zero valid samples is 0 (with zero gradient), never NaN.
-        scale = 1.0 if reduction == "sum" else 1.0 / valid.sum().clamp(min=1).to(acc)
-        ce_part, rank_part = ce.sum() * scale, rank.sum() * scale
+        if reduction == "sum":
+            ce_scale = rank_scale = 1.0
+        else:
+            # The CE's mean divides by the summed weights of the valid targets (their count when
+            # unweighted), as F.cross_entropy's; a mean over nothing is 0 (zero gradient), never NaN.
+            count = valid.sum().to(acc)
+            ce_divisor = count if weight is None else torch.where(valid, weight[safe_targets], 0).sum()
+            ce_scale, rank_scale = (torch.where(d != 0, 1 / d, 0) for d in (ce_divisor, count))
+        ce_part, rank_part = ce.sum() * ce_scale, rank.sum() * rank_scale
         loss = ce_weight * ce_part + alpha * rank_part
     return LossOutput(loss, ce_part.detach(), rank_part.detach())
 

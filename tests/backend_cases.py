@@ -116,8 +116,9 @@ def run_mix(mix, x, lam, index, grad):
     return out.detach(), x.grad
 
 
-def loss_args(reduction, *, requires_grad=True, device="cpu"):
-    """Arguments of torch.ops.rankmixup.loss, for opcheck."""
+def loss_args(reduction, *, requires_grad=True, weighted=False, device="cpu"):
+    """Arguments of torch.ops.rankmixup.loss, for opcheck (class weights last, when weighted)."""
     logits, mix_logits, targets, rel = problem(5, 2, 7, seed=12, device=device)
+    weight = torch.rand(7, generator=gen(13)).to(device) + 0.5 if weighted else None
     return (logits.requires_grad_(requires_grad), mix_logits.requires_grad_(requires_grad), targets, rel, "mndcg",
-            "prob", 1.0, 0.1, 2.0, -100, 0.1, reduction)
+            "prob", 1.0, 0.1, 2.0, -100, 0.1, reduction, weight)

@@ -27,13 +27,16 @@ def _batch():
     return x, y, lam, index
 
 
-def _step(model, backend, mode):
-    """mix -> model -> loss; torch.compile traces it and AOTAutograd compiles its backward."""
+def _step(model, backend, mode, weighted=False):
+    """mix -> model -> loss (with class weights if `weighted`); torch.compile traces it and
+    AOTAutograd compiles its backward."""
+    weight = torch.linspace(0.5, 2.0, C) if weighted else None
 
     def step(x, y, lam, index):
         mixed = rmx.mix(x, lam, index, backend=backend)
         logits, mix_logits = model(x), model(mixed)
-        return rmx.rankmixup_loss(logits, mix_logits, y, lam, index, mode=mode, margin=1.0, backend=backend)
+        return rmx.rankmixup_loss(logits, mix_logits, y, lam, index, mode=mode, margin=1.0, weight=weight,
+                                  label_smoothing=0.1 if weighted else 0.0, backend=backend)
 
     return step
 
@@ -44,17 +47,18 @@ def _train_step(step, batch):
     return tuple(t.detach() for t in out)
 
 
-@pytest.mark.parametrize("mode", ["mndcg", "mrl"])
+@pytest.mark.parametrize("mode,weighted", [("mndcg", False), ("mrl", False), ("mndcg", True)],
+                         ids=["mndcg", "mrl", "mndcg-class-weights"])
 @pytest.mark.parametrize("backend", ["auto", *CPU_BACKENDS])
-def test_training_step_compiles_without_graph_breaks(backend, mode):
+def test_training_step_compiles_without_graph_breaks(backend, mode, weighted):
     model = _model()
-    explanation = torch._dynamo.explain(_step(model, backend, mode))(*_batch())
+    explanation = torch._dynamo.explain(_step(model, backend, mode, weighted))(*_batch())
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
     eager_model, compiled_model = _model(), _model()
-    eager = _train_step(_step(eager_model, backend, mode), _batch())
+    eager = _train_step(_step(eager_model, backend, mode, weighted), _batch())
     torch._dynamo.reset()
-    compiled = _train_step(torch.compile(_step(compiled_model, backend, mode), fullgraph=True), _batch())
+    compiled = _train_step(torch.compile(_step(compiled_model, backend, mode, weighted), fullgraph=True), _batch())
     torch.testing.assert_close(compiled, eager)
     for got, expected in zip(compiled_model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(got.grad, expected.grad)

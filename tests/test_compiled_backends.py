@@ -208,19 +208,21 @@ def test_opcheck_soft_relevance(device):
     torch.library.opcheck(torch.ops.rankmixup.soft_relevance.default, (soft, 2, torch.float64))
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
 @pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
-def test_opcheck_loss(device, reduction, requires_grad):
+def test_opcheck_loss(device, reduction, requires_grad, weighted):
     torch.library.opcheck(torch.ops.rankmixup.loss.default,
-                          loss_args(reduction, requires_grad=requires_grad, device=device))
+                          loss_args(reduction, requires_grad=requires_grad, weighted=weighted, device=device))
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_opcheck_loss_backward(device, reduction):
-    args = loss_args(reduction, requires_grad=False, device=device)
+def test_opcheck_loss_backward(device, reduction, weighted):
+    args = loss_args(reduction, requires_grad=False, weighted=weighted, device=device)
     _, _, _, row_coefs, row_argmax = torch.ops.rankmixup.loss(*args)
     grad_loss = torch.rand(5, device=device) if reduction == "none" else torch.tensor(1.5, device=device)
     torch.library.opcheck(torch.ops.rankmixup.loss_backward.default,
-                          (grad_loss, *args[:3], row_coefs, row_argmax, -100))
+                          (grad_loss, *args[:3], row_coefs, row_argmax, -100, args[-1]))
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

@@ -370,7 +370,7 @@ def test_direct_entry_points_raise_as_torch_ops_does():
 
     logits, mix_logits, targets, rel = problem(4, 1, 3, ignore="none", seed=8)
     targets[1] = 7  # past C: the kernel's own check (the public API's validate=True would catch it first)
-    args = (logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.3, 1.5, -100, 0.0, "mean")
+    args = (logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.3, 1.5, -100, 0.0, "mean", None)
     errors = []
     for entry in (compiled._C, compiled.ops):
         with pytest.raises(RuntimeError, match="target 7 of sample 1 is outside") as error:

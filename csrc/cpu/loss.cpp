@@ -11,6 +11,7 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -39,19 +40,60 @@ struct PerSample {
   explicit PerSample(int64_t batch) : ce(batch, acc_t(0)), rank(batch, acc_t(0)) {}
 };
 
-// Counts valid samples and checks that every valid label indexes a class: an out-of-range
-// label would make the kernel read outside its row.
-int64_t count_valid(const Tensor& targets, int64_t num_classes, int64_t ignore_index) {
+// The valid samples' count, and their targets' summed class weights when `weight` is not null:
+// the divisors of the mean (sample_loss.h). Checks that every valid label indexes a class: an
+// out-of-range label would make the kernel read outside its row.
+struct ValidTargets {
+  int64_t count = 0;
+  double weight_sum = 0;  // summed in double in sample order: deterministic
+};
+
+template <class acc_t>
+ValidTargets valid_targets(const Tensor& targets, int64_t num_classes, int64_t ignore_index, const acc_t* weight) {
   const Tensor t = targets.contiguous();
   const int64_t* y = t.const_data_ptr<int64_t>();
-  int64_t valid = 0;
+  ValidTargets valid;
   for (int64_t b = 0; b < t.numel(); ++b) {
     if (y[b] == ignore_index) continue;
     TORCH_CHECK(y[b] >= 0 && y[b] < num_classes, "rankmixup::loss: target ", y[b], " of sample ", b,
                 " is outside [0, ", num_classes, ") and is not ignore_index=", ignore_index);
-    ++valid;
+    ++valid.count;
+    if (weight) valid.weight_sum += weight[y[b]];
   }
   return valid;
+}
+
+// The class weights of a weighted loss, as its kernels read them.
+template <class acc_t>
+struct ClassWeights {
+  const acc_t* data = nullptr;  // null: unweighted
+  acc_t sum = acc_t(0);         // sum_c w_c
+};
+
+// sum_c w_c z_c over a row: the smoothing term of a weighted CE.
+template <class T>
+T weighted_sum(const T* z, const T* w, int64_t n) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < n; ++c) sum += w[c] * z[c];
+  return sum;
+}
+
+// row[c] += constant * w_c: a weighted raw row's constant term, which is per class (the row
+// loops of row_ops.h write rows with one constant, here 0).
+template <class T>
+void add_class_constant(T* row, int64_t n, T constant, const T* w) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) row[c] += constant * w[c];
+}
+
+// A raw row's gradient terms for the row loops, and the per-class constant they leave out
+// (0 unless the loss is weighted).
+template <class T>
+RowGrad<T> without_class_constant(RowGrad<T> g, bool weighted, T* class_constant) {
+  *class_constant = weighted ? g.constant : T(0);
+  if (weighted) g.constant = T(0);
+  return g;
 }
 
 // Where the forward writes the gradient rows (grad_output = 1), when it is asked to: the
@@ -67,8 +109,8 @@ struct GradOut {
 template <class scalar_t>
 void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
                  const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index,
-                 PerSample<at::opmath_type<scalar_t>>& out, Tensor& coefs, Tensor& argmaxes,
-                 GradOut<at::opmath_type<scalar_t>> grad) {
+                 const ClassWeights<at::opmath_type<scalar_t>>& weights, PerSample<at::opmath_type<scalar_t>>& out,
+                 Tensor& coefs, Tensor& argmaxes, GradOut<at::opmath_type<scalar_t>> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
@@ -84,6 +126,9 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
   // longer ones, one by one.
   constexpr bool kFloatRows = std::is_same_v<acc_t, float>;
   const bool by_block = kFloatRows && num_classes <= kBlockRows;
+  const bool weighted = weights.data != nullptr;
+  // The weighted logit sum only where the smoothing term reads it (and 0 * -inf cannot reach it).
+  const bool weighted_smoothing = weighted && cfg.label_smoothing > acc_t(0);
 
   at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
                    [&](int64_t begin, int64_t end) {
@@ -128,14 +173,18 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
           continue;
         }
         RowScan<acc_t> raw;
-        acc_t z_target;
+        acc_t z_target, weighted_logit_sum = acc_t(0);
         if (by_block) {
           raw = block_scans[b - first];
           z_target = raw_rows.at(b, target);
+          if (weighted_smoothing) {
+            weighted_logit_sum = weighted_sum(raw_rows.row(b, scratch.data()), weights.data, num_classes);
+          }
           for (int64_t k = 0; k < num_mix; ++k) stats[1 + k] = block_scans[(1 + k) * kBlockRows + b - first].stats;
         } else {
           const acc_t* z = raw_rows.row(b, scratch.data());
           z_target = z[target];  // read before the mix rows reuse the scratch row
+          if (weighted_smoothing) weighted_logit_sum = weighted_sum(z, weights.data, num_classes);
           raw = scan_row(z, num_classes, grad_row(b, 0), next_row(b, 0));
           for (int64_t k = 0; k < num_mix; ++k) {
             stats[1 + k] = scan_row(mix_rows.row(k * batch + b, scratch.data()), num_classes, grad_row(b, 1 + k),
@@ -143,14 +192,22 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
           }
         }
         stats[0] = raw.stats;
-        const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, z_target, raw.sum, target, stats.data() + 1,
+        const CeInputs<acc_t> ce_in =
+            weighted ? CeInputs<acc_t>{z_target, weights.data[target], weights.sum, weighted_logit_sum}
+                     : CeInputs<acc_t>{z_target, acc_t(1), static_cast<acc_t>(num_classes), raw.sum};
+        const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, ce_in, target, stats.data() + 1,
                                                    rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
         out.ce[b] = loss.ce;
         out.rank[b] = loss.rank;
         for (int64_t r = 0; r <= num_mix; ++r) {
           pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
           argmax[r * batch + b] = stats[r].argmax;
-          if (acc_t* row = grad_row(b, r)) finish_grad_row(row, num_classes, stats[r], grads[r], row);
+          if (acc_t* row = grad_row(b, r)) {
+            acc_t class_constant;
+            finish_grad_row(row, num_classes, stats[r],
+                            without_class_constant(grads[r], weighted && r == 0, &class_constant), row);
+            if (class_constant != acc_t(0)) add_class_constant(row, num_classes, class_constant, weights.data);
+          }
         }
       }
     }
@@ -161,15 +218,12 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
 // grad_output = 1 (see loss_with_grad in ops.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-    const LossOptions& options, bool with_grad) {
-  check_loss_args(logits, mix_logits, targets, rel);
+    const ClassWeight& weight, const LossOptions& options, bool with_grad) {
+  check_loss_args(logits, mix_logits, targets, rel, weight);
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
   const int64_t num_mix = rel.size(0);
-  const int64_t valid = count_valid(targets, num_classes, options.ignore_index);
-  // A mean over zero valid samples is 0 with zero gradient (SPEC §5).
-  const double scale =
-      options.reduction == Reduction::kMean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
+  const bool mean = options.reduction == Reduction::kMean;
 
   const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
@@ -189,11 +243,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> discounts(num_mix + 2);
     for (int64_t position = 1; position <= num_mix + 1; ++position) discounts[position] = discount<acc_t>(position);
-    const LossConfig<acc_t> cfg = loss_config<acc_t>(options, num_classes, scale, discounts.data());
+    ClassWeights<acc_t> weights;
+    weights.data = class_weight_data<acc_t>(weight);
+    if (weights.data) weights.sum = static_cast<acc_t>(std::accumulate(weights.data, weights.data + num_classes, 0.0));
+    const ValidTargets valid = valid_targets(targets, num_classes, options.ignore_index, weights.data);
+    const double ce_scale = mean ? mean_scale(weights.data ? valid.weight_sum : static_cast<double>(valid.count)) : 1.0;
+    const double rank_scale = mean ? mean_scale(static_cast<double>(valid.count)) : 1.0;
+    const LossConfig<acc_t> cfg = loss_config<acc_t>(options, num_classes, ce_scale, rank_scale, discounts.data());
     PerSample<acc_t> per(batch);
     GradOut<acc_t> grad;
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
-    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, per, coefs, argmaxes, grad);
+    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, weights, per, coefs, argmaxes,
+                          grad);
 
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* ce_out = ce.data_ptr<acc_t>();
@@ -209,8 +270,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
         ce_sum += per.ce[b];
         rank_sum += per.rank[b];
       }
-      *ce_out = static_cast<acc_t>(ce_sum * scale);
-      *rank_out = static_cast<acc_t>(rank_sum * scale);
+      *ce_out = static_cast<acc_t>(ce_sum * ce_scale);
+      *rank_out = static_cast<acc_t>(rank_sum * rank_scale);
       *loss_out = total_loss(options, *ce_out, *rank_out);
     }
   });
@@ -223,8 +284,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
 template <class scalar_t>
 void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const Tensor& mix_logits,
                           const Tensor& targets, const Tensor& coefs, const Tensor& argmaxes, int64_t ignore_index,
-                          Tensor& grad_logits, Tensor& grad_mix) {
+                          const ClassWeight& weight, Tensor& grad_logits, Tensor& grad_mix) {
   using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* class_weights = class_weight_data<acc_t>(weight);
   const int64_t batch = logits.size(0), num_classes = logits.size(1), num_mix = coefs.size(0) - 1;
   const StridedRows<scalar_t> raw_rows(logits), mix_rows(mix_logits);
   const int64_t* y = targets.const_data_ptr<int64_t>();
@@ -247,14 +309,20 @@ void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const T
           std::fill_n(out, num_classes, scalar_t(0));
           continue;
         }
-        acc_t lse;
-        const RowGrad<acc_t> row_grad = unpack_row(coef + (r * batch + b) * kRowCoefs, argmax[r * batch + b],
-                                               r == 0 ? target : -1, g[per_sample ? b : 0], &lse);
+        acc_t lse, class_constant;
+        const RowGrad<acc_t> row_grad = without_class_constant(
+            unpack_row(coef + (r * batch + b) * kRowCoefs, argmax[r * batch + b], r == 0 ? target : -1,
+                       g[per_sample ? b : 0], &lse),
+            class_weights != nullptr && r == 0, &class_constant);
         const acc_t* z = r == 0 ? raw_rows.row(b, scratch.data()) : mix_rows.row((r - 1) * batch + b, scratch.data());
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           write_grad_row(z, num_classes, lse, row_grad, out);
+          if (class_constant != acc_t(0)) add_class_constant(out, num_classes, class_constant, class_weights);
         } else {
           write_grad_row(z, num_classes, lse, row_grad, grad_scratch.data());
+          if (class_constant != acc_t(0)) {
+            add_class_constant(grad_scratch.data(), num_classes, class_constant, class_weights);
+          }
           // One rounding to scalar_t (bfloat16: a vectorised loop of the same rounding).
           if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
             narrow_to_bfloat16_row(grad_scratch.data(), num_classes, reinterpret_cast<uint16_t*>(out));
@@ -297,29 +365,30 @@ void scale_row(T* row, int64_t n, T factor) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
                                                             const Tensor& targets, const Tensor& rel,
-                                                            const LossOptions& options) {
+                                                            const ClassWeight& weight, const LossOptions& options) {
   auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
-      loss_forward(logits, mix_logits, targets, rel, options, /*with_grad=*/false);
+      loss_forward(logits, mix_logits, targets, rel, weight, options, /*with_grad=*/false);
   return {loss, ce, rank, coefs, argmaxes};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
     const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-    const LossOptions& options) {
-  return loss_forward(logits, mix_logits, targets, rel, options, /*with_grad=*/true);
+    const ClassWeight& weight, const LossOptions& options) {
+  return loss_forward(logits, mix_logits, targets, rel, weight, options, /*with_grad=*/true);
 }
 
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,
                                              const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
-                                             const Tensor& argmaxes, int64_t ignore_index) {
-  check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes);
+                                             const Tensor& argmaxes, int64_t ignore_index,
+                                             const ClassWeight& weight) {
+  check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes, weight);
   check_backward_columns(targets, argmaxes, logits.size(1), ignore_index);
   const Tensor g = grad_loss.to(coefs.scalar_type()).contiguous();
   Tensor grad_logits = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   Tensor grad_mix = at::empty(mix_logits.sizes(), grad_logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_backward_cpu", [&] {
     loss_backward_kernel<scalar_t>(g, logits, mix_logits, targets.contiguous(), coefs, argmaxes, ignore_index,
-                                   grad_logits, grad_mix);
+                                   weight, grad_logits, grad_mix);
   });
   return {grad_logits, grad_mix};
 }

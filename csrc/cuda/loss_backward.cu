@@ -1,5 +1,6 @@
 // Fused RankMixup loss backward on CUDA: re-reads each valid row once and writes
 //     grad_output * (scale_p * softmax(z)_c + constant + at_max [c == argmax] + at_target [c == target])
+// (the raw row's constant times the class weight w_c, for a weighted loss)
 // from the few numbers per row the forward kept (sample_loss.h: pack_row / unpack_row), as
 // csrc/cpu/loss.cpp does. Rows are independent: one team of lanes (rows.cuh) per row, no
 // reductions, and rows of ignored samples are written as zeros without being read.
@@ -32,6 +33,7 @@ struct BackwardArgs {
   int64_t mix_row_stride, mix_col_stride;
   const int64_t* targets;
   int64_t targets_stride;
+  const acc_t* weight;        // class weights (C,), or null: unweighted
   const acc_t* row_coefs;     // (K+1, B, kRowCoefs)
   const int64_t* row_argmax;  // (K+1, B)
   int64_t batch, classes, num_mix, ignore_index;
@@ -68,7 +70,9 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_backward_kernel(const Back
     constexpr int N = decltype(width)::value;
     Array<acc_t, N> g = load<N, acc_t>(in + c * col_stride);
 #pragma unroll
-    for (int j = 0; j < N; ++j) g[j] = grad.at(exp_(g[j] - lse), c + j);
+    for (int j = 0; j < N; ++j) {
+      g[j] = grad.at(exp_(g[j] - lse), c + j, raw && a.weight ? a.weight[c + j] : acc_t(1));
+    }
     store<N>(out + c, g);
   });
 }
@@ -79,8 +83,9 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_backward_kernel(const Back
 
 std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Tensor& logits,
                                               const Tensor& mix_logits, const Tensor& targets, const Tensor& coefs,
-                                              const Tensor& argmaxes, int64_t ignore_index) {
-  check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes);
+                                              const Tensor& argmaxes, int64_t ignore_index,
+                                              const ClassWeight& weight) {
+  check_loss_backward_args(grad_loss, logits, mix_logits, targets, coefs, argmaxes, weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = coefs.size(0) - 1;
@@ -104,6 +109,7 @@ std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Ten
                                       mix_logits.stride(1),
                                       targets.const_data_ptr<int64_t>(),
                                       targets.stride(0),
+                                      class_weight_data<acc_t>(weight),
                                       coefs.const_data_ptr<acc_t>(),
                                       argmaxes.const_data_ptr<int64_t>(),
                                       batch,

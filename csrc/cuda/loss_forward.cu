@@ -4,13 +4,17 @@
 // (max, first argmax, sum of exp, sum of logits), the stats meet in shared memory, and one thread
 // per sample turns them into the loss and the per-row gradient coefficients the backward uses.
 //
-// Launches: [mean over a large batch: count valid targets] -> rows and samples -> [mean/sum:
-// total]. The mean's divisor is counted on the device (by every block itself when the batch is
-// small, else by integer atomics: exact either way), so nothing waits for the host; the totals
-// are per-block sums in double added by one block in a fixed order: deterministic.
+// Launches: [mean over a large batch: count valid targets] [class weights: their sums, by ATen]
+// -> rows and samples -> [mean/sum: total]. The mean's divisor is counted on the device (by
+// every block itself when the batch is small, else by integer atomics: exact either way), so
+// nothing waits for the host; the totals are per-block sums in double added by one block in a
+// fixed order: deterministic. With class weights, ATen's (deterministic) reductions give their
+// sum, the weighted mean's divisor and, with label smoothing, the raw rows' weighted logit sums.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -119,11 +123,6 @@ __host__ __device__ SharedLayout shared_layout(int samples, int64_t rows_per_sam
 // (at most a few loads per thread) instead of by a kernel of their own, sparing two launches.
 constexpr int64_t kCountInBlockMaxBatch = 2048;
 
-// The reduction 'mean' divides by the valid count; a mean over no samples is 0 (SPEC §5).
-__device__ inline double mean_scale(int64_t num_valid) {
-  return 1.0 / static_cast<double>(num_valid > 1 ? num_valid : 1);
-}
-
 // How many of targets[begin], targets[begin + step], ... (below end) are not ignore_index; every
 // thread of the block must call it, and the count is complete in warp 0.
 __device__ int64_t count_valid(const int64_t* targets, int64_t stride, int64_t begin, int64_t end, int64_t step,
@@ -146,6 +145,10 @@ struct ForwardArgs {
   int64_t rel_stride_k, rel_stride_b;
   int64_t batch, classes, num_mix;
   LossOptions options;
+  const acc_t* weight;               // class weights (C,), or null: unweighted
+  const acc_t* weight_sum;           // with weights: their sum (a device scalar)
+  const acc_t* weighted_logit_sums;  // with weights and label smoothing: sum_c w_c z_c per raw row (B,)
+  const double* ce_divisor;  // weighted 'mean': the valid targets' summed weights; otherwise null
   int64_t* num_valid;        // reduction 'mean': the count of valid samples; otherwise null
   bool count_in_block;       // 'mean': every block counts, block 0 stores the count in num_valid
   acc_t* row_coefs;          // (K+1, B, kRowCoefs)
@@ -227,11 +230,18 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     const bool valid = target != a.options.ignore_index;
     SampleLoss<acc_t> loss{acc_t(0), acc_t(0)};
     if (valid) {
-      if (target < 0 || target >= a.classes) sample_stats[0].poison();
-      const double scale = a.num_valid ? mean_scale(a.count_in_block ? block_count : *a.num_valid) : 1.0;
-      const LossConfig<acc_t> cfg = loss_config<acc_t>(a.options, a.classes, scale);
-      loss = sample_loss(cfg, sample_stats[0], z_target[s], z_sum[s], target, sample_stats + 1,
-                         a.rel + b * a.rel_stride_b, a.rel_stride_k, a.num_mix, sample_grads);
+      const bool label_ok = target >= 0 && target < a.classes;
+      if (!label_ok) sample_stats[0].poison();
+      const double count_scale =
+          a.num_valid ? mean_scale(static_cast<double>(a.count_in_block ? block_count : *a.num_valid)) : 1.0;
+      const double ce_scale = a.ce_divisor ? mean_scale(*a.ce_divisor) : count_scale;
+      const LossConfig<acc_t> cfg = loss_config<acc_t>(a.options, a.classes, ce_scale, count_scale);
+      const CeInputs<acc_t> ce_in =
+          a.weight ? CeInputs<acc_t>{z_target[s], label_ok ? a.weight[target] : acc_t(0), *a.weight_sum,
+                                     a.weighted_logit_sums ? a.weighted_logit_sums[b] : acc_t(0)}
+                   : CeInputs<acc_t>{z_target[s], acc_t(1), static_cast<acc_t>(a.classes), z_sum[s]};
+      loss = sample_loss(cfg, sample_stats[0], ce_in, target, sample_stats + 1, a.rel + b * a.rel_stride_b,
+                         a.rel_stride_k, a.num_mix, sample_grads);
     }
     for (int64_t r = 0; r < rows_per_sample; ++r) {
       const int64_t row = r * a.batch + b;
@@ -281,8 +291,8 @@ __global__ void count_valid_kernel(const int64_t* targets, int64_t stride, int64
 
 // The reduced loss and parts from the per-block sums (SPEC §5), as the CPU kernel forms them.
 template <class acc_t>
-__global__ void total_kernel(const double* partials, int64_t blocks, const int64_t* num_valid, LossOptions options,
-                             acc_t* loss, acc_t* ce, acc_t* rank) {
+__global__ void total_kernel(const double* partials, int64_t blocks, const int64_t* num_valid,
+                             const double* ce_divisor, LossOptions options, acc_t* loss, acc_t* ce, acc_t* rank) {
   __shared__ double scratch[kWarpSize];
   double ce_sum = 0, rank_sum = 0;
   for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
@@ -293,9 +303,10 @@ __global__ void total_kernel(const double* partials, int64_t blocks, const int64
   __syncthreads();  // scratch is reused
   rank_sum = block_sum(rank_sum, scratch);
   if (threadIdx.x == 0) {
-    const double scale = num_valid ? mean_scale(*num_valid) : 1.0;
-    const acc_t ce_part = static_cast<acc_t>(ce_sum * scale);
-    const acc_t rank_part = static_cast<acc_t>(rank_sum * scale);
+    const double count_scale = num_valid ? mean_scale(static_cast<double>(*num_valid)) : 1.0;
+    const double ce_scale = ce_divisor ? mean_scale(*ce_divisor) : count_scale;
+    const acc_t ce_part = static_cast<acc_t>(ce_sum * ce_scale);
+    const acc_t rank_part = static_cast<acc_t>(rank_sum * count_scale);
     *ce = ce_part;
     *rank = rank_part;
     *loss = total_loss(options, ce_part, rank_part);
@@ -326,10 +337,37 @@ ForwardShape forward_shape(int64_t batch, int64_t classes, int64_t num_mix, int 
 
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
 
+// What the kernel reads of the class weights beyond the weights themselves, from ATen's
+// deterministic reductions on the device (undefined where not needed).
+struct WeightSums {
+  Tensor total;                // sum_c w_c
+  Tensor weighted_logit_sums;  // label smoothing: sum_c w_c z_c per raw row (B,)
+  Tensor ce_divisor;           // 'mean': the valid targets' summed weights, in double
+};
+
+WeightSums weight_sums(const Tensor& weight, const Tensor& logits, const Tensor& targets,
+                       const LossOptions& options) {
+  WeightSums sums;
+  sums.total = weight.sum();
+  if (options.label_smoothing > 0) sums.weighted_logit_sums = at::mv(logits.to(weight.scalar_type()), weight);
+  if (options.reduction == Reduction::kMean) {
+    const Tensor valid = targets.ne(options.ignore_index);
+    // Out-of-range labels gather a clamped class (their samples' losses are NaN anyway).
+    const Tensor target_weights = weight.index_select(0, targets.clamp(0, logits.size(1) - 1));
+    sums.ce_divisor = at::where(valid, target_weights, at::zeros({}, weight.options())).sum(at::kDouble);
+  }
+  return sums;
+}
+
+template <class T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logits, const Tensor& mix_logits,
                                                              const Tensor& targets, const Tensor& rel,
-                                                             const LossOptions& options) {
-  check_loss_args(logits, mix_logits, targets, rel);
+                                                             const ClassWeight& weight, const LossOptions& options) {
+  check_loss_args(logits, mix_logits, targets, rel, weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = rel.size(0);
@@ -347,6 +385,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
     launch(count_valid_kernel, blocks, kBlockThreads, 0, stream, targets.const_data_ptr<int64_t>(), targets.stride(0),
            batch, options.ignore_index, num_valid.data_ptr<int64_t>());
   }
+  const WeightSums sums = weight.has_value() ? weight_sums(*weight, logits, targets, options) : WeightSums{};
   Tensor loss, ce, rank;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rankmixup_loss_cuda", [&] {
@@ -380,6 +419,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
                                      classes,
                                      num_mix,
                                      options,
+                                     class_weight_data<acc_t>(weight),
+                                     data_or_null<acc_t>(sums.total),
+                                     data_or_null<acc_t>(sums.weighted_logit_sums),
+                                     data_or_null<double>(sums.ce_divisor),
                                      num_valid.defined() ? num_valid.data_ptr<int64_t>() : nullptr,
                                      count_in_block,
                                      coefs.data_ptr<acc_t>(),
@@ -394,7 +437,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
     launch(kernel, shape.blocks, shape.teams.threads, shape.shared_bytes, stream, args);
     if (!none) {
       launch(total_kernel<acc_t>, 1, kBlockThreads, 0, stream, partials.const_data_ptr<double>(), shape.blocks,
-             num_valid.defined() ? num_valid.const_data_ptr<int64_t>() : nullptr, options,
+             data_or_null<int64_t>(num_valid), data_or_null<double>(sums.ce_divisor), options,
              loss.data_ptr<acc_t>(), ce.data_ptr<acc_t>(), rank.data_ptr<acc_t>());
     }
   });

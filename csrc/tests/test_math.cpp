@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/exp_pack.h"
@@ -201,24 +202,30 @@ struct Sample {
   LossConfig<double> cfg;
   int64_t classes, num_mix, target;
   std::vector<float> rel;
+  std::vector<double> class_weights;  // empty: unweighted
+
+  double weight(int64_t c) const { return class_weights.empty() ? 1.0 : class_weights[c]; }
 
   double loss(const std::vector<double>& z, std::vector<RowGrad<double>>* grads, std::vector<RowStats<double>>* st) const {
     std::vector<RowStats<double>> stats(num_mix + 1);
-    double z_sum = 0;
+    CeInputs<double> ce_in{z[target], weight(target), 0.0, 0.0};
     for (int64_t r = 0; r <= num_mix; ++r) {
       stats[r] = direct_stats(std::vector<double>(z.begin() + r * classes, z.begin() + (r + 1) * classes));
     }
-    for (int64_t c = 0; c < classes; ++c) z_sum += z[c];
-    const SampleLoss<double> l = sample_loss(cfg, stats[0], z[target], z_sum, target, stats.data() + 1, rel.data(), 1,
-                                             num_mix, grads ? grads->data() : nullptr);
+    for (int64_t c = 0; c < classes; ++c) {
+      ce_in.weight_sum += weight(c);
+      ce_in.weighted_logit_sum += weight(c) * z[c];
+    }
+    const SampleLoss<double> l = sample_loss(cfg, stats[0], ce_in, target, stats.data() + 1, rel.data(), 1, num_mix,
+                                             grads ? grads->data() : nullptr);
     if (st) *st = stats;
     return cfg.weight_ce * l.ce + cfg.weight_rank * l.rank;
   }
 };
 
-void test_gradients(std::mt19937& rng, Mode mode, Score score) {
+void test_gradients(std::mt19937& rng, Mode mode, Score score, std::vector<double> class_weights) {
   std::normal_distribution<double> normal(0.0, 2.0);
-  Sample s{{mode, score, 1.5, 0.1, 6, 0.7, 0.3}, 6, 3, 2, {0.8f, 1.0f, 0.8f}};
+  Sample s{{mode, score, 1.5, 0.1, 6, 0.7, 0.3}, 6, 3, 2, {0.8f, 1.0f, 0.8f}, std::move(class_weights)};
   std::vector<double> z((s.num_mix + 1) * s.classes);
   for (double& v : z) v = normal(rng);
   std::vector<RowGrad<double>> grads(s.num_mix + 1);
@@ -236,7 +243,9 @@ void test_gradients(std::mt19937& rng, Mode mode, Score score) {
       double packed[kRowCoefs], lse;
       pack_row(grads[r], stats[r].lse(), packed);
       const RowGrad<double> g = unpack_row(packed, grads[r].argmax, grads[r].target, 1.0, &lse);
-      expect_near(g.at(p, c), numeric, 1e-6, mode == Mode::kMrl ? "MRL gradient" : "M-NDCG gradient");
+      // A raw row's constant is per class: times w_c (sample_loss.h).
+      const double class_weight = r == 0 ? s.weight(c) : 1.0;
+      expect_near(g.at(p, c, class_weight), numeric, 1e-6, mode == Mode::kMrl ? "MRL gradient" : "M-NDCG gradient");
     }
   }
 }
@@ -258,7 +267,10 @@ int main() {
   test_row_block(rng);
   test_mndcg_order();
   for (Mode mode : {Mode::kMrl, Mode::kMndcg}) {
-    for (Score score : {Score::kLogit, Score::kProb}) test_gradients(rng, mode, score);
+    for (Score score : {Score::kLogit, Score::kProb}) {
+      test_gradients(rng, mode, score, {});
+      test_gradients(rng, mode, score, {0.5, 2.0, 1.0, 0.0, 3.0, 1.5});  // class weights
+    }
   }
   if (failures) std::printf("%d failure(s)\n", failures);
   else std::printf("all math tests passed\n");

@@ -11,13 +11,16 @@ sum of exponentials per row; the per-sample CE, MRL and M-NDCG values and the gr
 coefficients of every row follow from those few numbers; a second sweep writes each row's
 gradient as
 
-    grad[c] = P * softmax[c] + M * [c == argmax] + T * [c == target] + U
+    grad[c] = P * softmax[c] + M * [c == argmax] + T * [c == target] + U * w[c]
 
-(CE gives P, T, U on the raw row; a max-logit score gives M; a confidence gives P and M).
+(CE gives P, T, U on the raw row, ``w`` its class weights, all 1 when unweighted; a max-logit
+score gives M; a confidence gives P and M).
 
 The kernel writes the gradient of the *per-sample* loss; the reduction (sum or mean over
 valid samples) is a few PyTorch ops on the per-sample values, so autograd hands the backward
 a per-sample ``grad_output`` (``1/n_valid`` for a mean) and the backward is one scaling pass.
+A weighted mean divides the CE by the valid targets' summed weights instead: the kernel then
+scales each sample's CE by ``n_valid / sum of weights`` (a device scalar) before the mean.
 No value ever travels to the host.
 """
 
@@ -26,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from .._types import LossOptions, LossOutput
+from .._types import LossOptions, LossOutput, accumulation_dtype
 from . import launch
 
 # The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
@@ -63,9 +66,10 @@ def _online_softmax(z, cols, row_max, row_arg, row_sum):
 
 
 @triton.jit
-def _store_grad(out_ptrs, z, cols, num_classes, lse, row_arg, p_coef, m_coef, u_coef, t_coef, target, store_rows):
-    """``grad = P * softmax + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows."""
-    grad = p_coef[:, None] * tl.exp(z - lse[:, None]) + u_coef[:, None]
+def _store_grad(out_ptrs, z, cols, num_classes, lse, row_arg, p_coef, m_coef, u_term, t_coef, target, store_rows):
+    """``grad = P * softmax + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows
+    (``u_term`` the constant term, per row or per row and class)."""
+    grad = p_coef[:, None] * tl.exp(z - lse[:, None]) + u_term
     grad += tl.where(cols[None, :] == row_arg[:, None], m_coef[:, None], 0.0)
     grad += tl.where(cols[None, :] == target, t_coef[:, None], 0.0)
     mask = store_rows[:, None] & (cols < num_classes)[None, :]
@@ -78,6 +82,8 @@ def _fused_loss_kernel(
     mix_ptr,
     targets_ptr,
     rel_ptr,
+    weight_ptr,
+    ce_rescale_ptr,
     loss_ptr,
     ce_ptr,
     rank_ptr,
@@ -101,6 +107,8 @@ def _fused_loss_kernel(
     MNDCG: tl.constexpr,
     SCORE_PROB: tl.constexpr,
     SMOOTHING: tl.constexpr,
+    WEIGHTED: tl.constexpr,
+    RESCALE_CE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
 ):
     acc_ty = tl.float64 if logits_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -125,7 +133,9 @@ def _fused_loss_kernel(
     raw_arg = tl.zeros([1], tl.int32)
     raw_sum = tl.zeros([1], acc_ty)
     z_target = tl.zeros([1], acc_ty)
-    z_total = tl.zeros([1], acc_ty)
+    z_total = tl.zeros([1], acc_ty)  # sum_c w_c z_c (w = 1 unweighted), with smoothing
+    w_target = tl.zeros([1], acc_ty)
+    w_total = tl.zeros([1], acc_ty)
     mix_max = tl.full([KP], float("-inf"), acc_ty)
     mix_arg = tl.zeros([KP], tl.int32)
     mix_sum = tl.zeros([KP], acc_ty)
@@ -134,7 +144,13 @@ def _fused_loss_kernel(
         z = _load_rows(raw_ptrs, cols, raw_live, num_classes, acc_ty)
         raw_max, raw_arg, raw_sum = _online_softmax(z, cols, raw_max, raw_arg, raw_sum)
         z_target += tl.sum(tl.where(cols[None, :] == target, z, 0.0), axis=1)
-        if SMOOTHING:
+        if WEIGHTED:
+            w = tl.load(weight_ptr + cols, mask=cols < num_classes, other=0.0).to(acc_ty)
+            w_target += tl.sum(tl.where(cols == target, w, 0.0), axis=0)
+            w_total += tl.sum(w, axis=0)
+            if SMOOTHING:
+                z_total += tl.sum(tl.where((cols < num_classes)[None, :], w[None, :] * z, 0.0), axis=1)
+        elif SMOOTHING:
             # Only summed when smoothing is on: 0 * (-inf) would turn a plain CE into NaN.
             z_total += tl.sum(tl.where((cols < num_classes)[None, :], z, 0.0), axis=1)
         z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
@@ -151,12 +167,25 @@ def _fused_loss_kernel(
     raw_conf = 1.0 / raw_sum  # max softmax = exp(max - lse)
     mix_conf = 1.0 / mix_sum
 
-    # CE of the raw row, as F.cross_entropy (label smoothing included): lse - (1 - ls) z_target
-    # - ls mean(z), written with differences from the max so that its error scales with the CE,
-    # not with the logits (as csrc/include/rankmixup/sample_loss.h).
-    ce = tl.log(raw_sum) + (1.0 - label_smoothing) * (raw_max - z_target)
-    if SMOOTHING:
-        ce += label_smoothing * (raw_max - z_total / num_classes)
+    # CE of the raw row, as F.cross_entropy (class weights and label smoothing included):
+    # w_y (1 - ls) (lse - z_y) + (ls / C) sum_c w_c (lse - z_c), written with differences from
+    # the max so that its error scales with the CE, not with the logits (as
+    # csrc/include/rankmixup/sample_loss.h).
+    if WEIGHTED:
+        target_share = w_target * (1.0 - label_smoothing)
+        weight_per_class = w_total / num_classes  # 1 when unweighted
+        lse_weight = target_share + label_smoothing * weight_per_class
+        ce = lse_weight * tl.log(raw_sum) + target_share * (raw_max - z_target)
+        if SMOOTHING:
+            ce += label_smoothing * (raw_max * weight_per_class - z_total / num_classes)
+        if RESCALE_CE:
+            ce_weight = ce_weight * tl.load(ce_rescale_ptr).to(acc_ty)
+    else:
+        target_share = 1.0 - label_smoothing + tl.zeros([1], acc_ty)
+        lse_weight = 1.0 + tl.zeros([1], acc_ty)
+        ce = tl.log(raw_sum) + target_share * (raw_max - z_target)
+        if SMOOTHING:
+            ce += label_smoothing * (raw_max - z_total / num_classes)
 
     # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
     rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)
@@ -208,16 +237,12 @@ def _fused_loss_kernel(
         # d conf/dz = conf * (onehot(argmax) - softmax); d max/dz = onehot(argmax).
         # An ignored sample gets all-zero coefficients, hence rows of exact zeros.
         ce_coef = tl.where(valid, ce_weight, 0.0)
-        raw_p = tl.where(valid, ce_coef - raw_conf_coef * raw_conf, 0.0)
+        raw_p = tl.where(valid, ce_coef * lse_weight - raw_conf_coef * raw_conf, 0.0)
         raw_m = tl.where(valid, raw_max_coef + raw_conf_coef * raw_conf, 0.0)
         mix_p = tl.where(valid, -mix_conf_coef * mix_conf, 0.0)
         mix_m = tl.where(valid, mix_max_coef + mix_conf_coef * mix_conf, 0.0)
-        if SMOOTHING:
-            raw_t = -ce_coef * (1.0 - label_smoothing) + tl.zeros([1], acc_ty)
-            raw_u = -ce_coef * label_smoothing / num_classes + tl.zeros([1], acc_ty)
-        else:
-            raw_t = -ce_coef + tl.zeros([1], acc_ty)
-            raw_u = tl.zeros([1], acc_ty)
+        raw_t = -ce_coef * target_share
+        raw_u = -ce_coef * label_smoothing / num_classes + tl.zeros([1], acc_ty)
         no_term = tl.zeros([KP], acc_ty)
         # Output rows: raw b first, then mix k at (k + 1) * B + b.
         raw_out = grad_ptr + b * num_classes + one
@@ -226,9 +251,16 @@ def _fused_loss_kernel(
         for start in range(0, num_classes, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
             z = _load_rows(raw_ptrs, cols, raw_live, num_classes, acc_ty)
-            _store_grad(raw_out, z, cols, num_classes, raw_lse, raw_arg, raw_p, raw_m, raw_u, raw_t, target, one == 0)
+            if WEIGHTED:  # the smoothing term's constant is per class: U * w[c]
+                w = tl.load(weight_ptr + cols, mask=cols < num_classes, other=0.0).to(acc_ty)
+                raw_u_term = raw_u[:, None] * w[None, :]
+            else:
+                raw_u_term = raw_u[:, None]
+            _store_grad(raw_out, z, cols, num_classes, raw_lse, raw_arg, raw_p, raw_m, raw_u_term, raw_t, target,
+                        one == 0)
             z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
-            _store_grad(mix_out, z, cols, num_classes, mix_lse, mix_arg, mix_p, mix_m, no_term, no_term, -1, is_mix)
+            _store_grad(mix_out, z, cols, num_classes, mix_lse, mix_arg, mix_p, mix_m, no_term[:, None], no_term, -1,
+                        is_mix)
 
 
 @triton.jit
@@ -276,10 +308,15 @@ def fused_loss(
     label_smoothing: float,
     need_grad: bool,
     block_c: int,
+    weight: torch.Tensor | None = None,
+    ce_rescale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample ``(loss, ce, rank)`` in float32 (float64 for float64 logits), and the
     gradient of the per-sample loss as one ``((K+1)*B, C)`` buffer in the logits' dtype —
-    raw rows first, then mix-major mix rows — or an empty buffer when ``need_grad`` is False."""
+    raw rows first, then mix-major mix rows — or an empty buffer when ``need_grad`` is False.
+
+    ``weight``: class weights ``(C,)`` in the accumulation dtype, or None. ``ce_rescale``: a
+    scalar by which each sample's CE is multiplied in its loss (not in ``ce``), or None."""
     batch, num_classes = logits.shape
     num_mix = rel.shape[0]
     # Rows may have any stride; classes are read contiguously (a copy only for column-strided input).
@@ -295,6 +332,8 @@ def fused_loss(
         mix_logits,
         targets,
         rel,
+        logits if weight is None else weight,  # (unread when unweighted)
+        logits if ce_rescale is None else ce_rescale,
         loss,
         ce,
         rank,
@@ -314,6 +353,8 @@ def fused_loss(
         MNDCG=mode == "mndcg",
         SCORE_PROB=score == "prob",
         SMOOTHING=label_smoothing > 0,
+        WEIGHTED=weight is not None,
+        RESCALE_CE=ce_rescale is not None,
         WRITE_GRAD=need_grad,
         **config,
     )
@@ -347,7 +388,7 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
     scaled = fused_loss_backward(grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
-    return (grad_logits, grad_mix) + (None,) * 11
+    return (grad_logits, grad_mix) + (None,) * 13
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
@@ -361,6 +402,16 @@ def rankmixup_loss(logits, mix_logits, targets, rel, options: LossOptions, block
     small to exercise the chunked path on small class counts.
     """
     need_grad = torch.is_grad_enabled() and (logits.requires_grad or mix_logits.requires_grad)
+    ce_rescale = None
+    if options.reduction == "mean":
+        # The divisors stay on the device; a mean over nothing is 0, never NaN.
+        count = (targets != options.ignore_index).sum().to(accumulation_dtype(logits.dtype))
+        rank_scale = 1.0 / count.clamp(min=1)
+        ce_scale = rank_scale
+        if options.weight is not None:
+            weight_sum = _valid_weight_sum(targets, options)
+            ce_scale = torch.where(weight_sum != 0, 1 / weight_sum, 0)
+            ce_rescale = ce_scale * count  # the per-sample losses are then averaged over count
     loss, ce, rank, _ = fused_loss(
         logits,
         mix_logits,
@@ -375,12 +426,19 @@ def rankmixup_loss(logits, mix_logits, targets, rel, options: LossOptions, block
         float(options.label_smoothing),
         need_grad,
         block_c,
+        options.weight,
+        ce_rescale,
     )
     ce, rank = ce.detach(), rank.detach()
     if options.reduction == "none":
         return LossOutput(loss, ce, rank)
     if options.reduction == "sum":
         return LossOutput(loss.sum(), ce.sum(), rank.sum())
-    # A mean over zero valid samples is 0, never NaN; the count stays on the device.
-    scale = 1.0 / (targets != options.ignore_index).sum().clamp(min=1).to(loss.dtype)
-    return LossOutput(loss.sum() * scale, ce.sum() * scale, rank.sum() * scale)
+    return LossOutput(loss.sum() * rank_scale, ce.sum() * ce_scale, rank.sum() * rank_scale)
+
+
+def _valid_weight_sum(targets: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The weighted mean's CE divisor: the summed class weights of the valid targets."""
+    valid = targets != options.ignore_index
+    weight = options.weight
+    return torch.where(valid, weight[targets.clamp(0, weight.shape[0] - 1)], 0).sum()

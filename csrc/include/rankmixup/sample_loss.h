@@ -5,7 +5,8 @@
 //     d loss / d z_c = RowGrad::scale_p * softmax(z)_c + constant
 //                      + at_max * [c == argmax] + at_target * [c == target],
 // which covers CE (p - smoothed one-hot), the max-logit score (one-hot of the argmax) and the
-// confidence score (conf * (onehot(argmax) - p)) with four numbers per row.
+// confidence score (conf * (onehot(argmax) - p)) with four numbers per row. With class weights
+// w, the raw row's constant is constant * w_c (RowGrad::at's class_weight).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,8 @@ enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
 
 // Every option of the loss operators, as one value: what the operators' flat schema arguments
 // (ops.cpp) are parsed into once, at the operator boundary (op_args.h), and what every kernel
-// takes. The fields of rankmixup_ops._types.LossOptions.
+// takes. The fields of rankmixup_ops._types.LossOptions but its last, the class weights: a
+// tensor, which the kernels take beside the other tensors.
 struct LossOptions {
   Mode mode;
   Score score;
@@ -40,27 +42,44 @@ struct LossConfig {
   T margin;
   T label_smoothing;
   int64_t num_classes;
-  T weight_ce;    // d total / d ce_b: ce_weight times the reduction scale
-  T weight_rank;  // d total / d rank_b: alpha times the reduction scale
+  T weight_ce;    // d total / d ce_b: ce_weight times the CE's reduction scale
+  T weight_rank;  // d total / d rank_b: alpha times the rank term's reduction scale
   // Optional: discounts[p] = discount of list position p (1..K+1), computed once per call
   // rather than twice per mix and sample (a log2 each); null: computed where needed.
   const T* discounts = nullptr;
 };
 
-// The per-sample math's configuration for `options`, the weights of both terms multiplied by the
-// reduction's `scale` (1 / valid samples for 'mean', else 1).
+// The reduction 'mean' of each term: the CE divides by the summed class weights of the valid
+// targets (their count when unweighted), as torch.nn.functional.cross_entropy does, the rank
+// term by the count of valid samples; a mean over nothing (no valid sample, or weights summing
+// to 0) is 0 with zero gradient, never NaN (SPEC §5).
+RANKMIXUP_HD double mean_scale(double divisor) { return divisor != 0.0 ? 1.0 / divisor : 0.0; }
+
+// The per-sample math's configuration for `options`, the weights of the two terms multiplied by
+// their reduction scales (mean_scale of their divisors for 'mean', else 1).
 template <class T>
-RANKMIXUP_HD LossConfig<T> loss_config(const LossOptions& options, int64_t num_classes, double scale,
-                                       const T* discounts = nullptr) {
+RANKMIXUP_HD LossConfig<T> loss_config(const LossOptions& options, int64_t num_classes, double ce_scale,
+                                       double rank_scale, const T* discounts = nullptr) {
   return {options.mode,
           options.score,
           static_cast<T>(options.margin),
           static_cast<T>(options.label_smoothing),
           num_classes,
-          static_cast<T>(options.ce_weight * scale),
-          static_cast<T>(options.alpha * scale),
+          static_cast<T>(options.ce_weight * ce_scale),
+          static_cast<T>(options.alpha * rank_scale),
           discounts};
 }
+
+// What the CE of a sample needs of its raw row besides the row's statistics: the target's logit
+// and class weight, and the class weights' sum and weighted logit sum sum_c w_c z_c (for label
+// smoothing). Unweighted, every weight is 1: weight 1, weight_sum C and the plain logit sum.
+template <class T>
+struct CeInputs {
+  T z_target;
+  T weight;
+  T weight_sum;
+  T weighted_logit_sum;
+};
 
 // The loss from its two parts (per sample, or reduced): ce_weight * ce + alpha * rank.
 template <class T>
@@ -77,8 +96,10 @@ struct RowGrad {
   int64_t argmax = 0;
   int64_t target = -1;  // -1: no target term (mix rows)
 
-  RANKMIXUP_HD T at(T softmax_c, int64_t c) const {
-    return scale_p * softmax_c + constant + (c == argmax ? at_max : T(0)) + (c == target ? at_target : T(0));
+  // class_weight: w_c of a weighted raw row (its constant is per class), else 1.
+  RANKMIXUP_HD T at(T softmax_c, int64_t c, T class_weight = T(1)) const {
+    return scale_p * softmax_c + constant * class_weight + (c == argmax ? at_max : T(0)) +
+           (c == target ? at_target : T(0));
   }
 
   // Chain rule through score(z): the max logit has gradient onehot(argmax); the confidence
@@ -131,28 +152,30 @@ RANKMIXUP_HD int64_t mndcg_position(const R* rel, int64_t rel_stride, int64_t nu
 
 // The loss of one valid sample and, if `grads` is not null, the RowGrad of its K+1 rows
 // (grads[0] the raw row, grads[1 + k] mix k).
-//   raw, z_target, z_sum: statistics, target logit and logit sum of the raw row
+//   raw, ce_in: statistics of the raw row, and what its CE needs besides
 //   mix[k]: statistics of mix row k; rel[k * rel_stride]: its relevance (SPEC §3)
 template <class T, class R>
-RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<T>& raw, T z_target, T z_sum,
+RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<T>& raw, const CeInputs<T>& ce_in,
                                        int64_t target, const RowStats<T>* mix, const R* rel, int64_t rel_stride,
                                        int64_t num_mix, RowGrad<T>* grads) {
   const T ls = cfg.label_smoothing;
-  const T ls_per_class = ls / T(cfg.num_classes);
-  // Cross-entropy with label smoothing, as torch.nn.functional.cross_entropy defines it:
-  // lse - (1 - ls) z_target - ls mean(z), written with differences from the max so that its
-  // error scales with the CE, not with the logits. The smoothing term only where there is
-  // smoothing: a class masked with a -inf logit would make it 0 * inf.
-  T ce = log_(raw.sumexp) + (T(1) - ls) * (raw.max - z_target);
-  if (ls > T(0)) ce += ls * (raw.max - z_sum / T(cfg.num_classes));
+  const T classes = T(cfg.num_classes);
+  // Weighted cross-entropy with label smoothing, as torch.nn.functional.cross_entropy defines
+  // it: w_y (1 - ls) (lse - z_y) + (ls / C) sum_c w_c (lse - z_c), written with differences from
+  // the max so that its error scales with the CE, not with the logits. The smoothing term only
+  // where there is smoothing: a class masked with a -inf logit would make it 0 * inf.
+  const T target_share = ce_in.weight * (T(1) - ls);
+  const T lse_weight = target_share + ls * (ce_in.weight_sum / classes);  // unweighted: 1
+  T ce = lse_weight * log_(raw.sumexp) + target_share * (raw.max - ce_in.z_target);
+  if (ls > T(0)) ce += ls * (raw.max * (ce_in.weight_sum / classes) - ce_in.weighted_logit_sum / classes);
   if (grads) {
     for (int64_t r = 0; r <= num_mix; ++r) {
       grads[r] = RowGrad<T>{};
       grads[r].argmax = r == 0 ? raw.argmax : mix[r - 1].argmax;
     }
-    grads[0].scale_p = cfg.weight_ce;
-    grads[0].constant = -cfg.weight_ce * ls_per_class;
-    grads[0].at_target = -cfg.weight_ce * (T(1) - ls);
+    grads[0].scale_p = cfg.weight_ce * lse_weight;
+    grads[0].constant = -cfg.weight_ce * (ls / classes);  // times w_c, when weighted
+    grads[0].at_target = -cfg.weight_ce * target_share;
     grads[0].target = target;
   }
 
