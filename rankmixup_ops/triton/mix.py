@@ -92,6 +92,13 @@ def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return flat if flat.stride(1) == 1 or flat.shape[1] <= 1 else flat.contiguous()
 
 
+def inverse_permutation(index: torch.Tensor) -> torch.Tensor:
+    """``inverse[k, index[k, b]] = b``, contiguous ``(K, B)``. A sort rather than a scatter:
+    whatever index holds (it is a permutation unless the caller lied), inverse stays in range
+    and nothing faults."""
+    return torch.argsort(index, dim=1).contiguous()
+
+
 @triton_op("rankmixup_triton::mix", mutates_args=())
 def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K mixes of ``x`` ``(B, *feat)``, as ``(K*B, *feat)`` mix-major, in one launch."""
@@ -126,9 +133,7 @@ def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
     num_mix, batch = index.shape
     g2 = _rows(grad, num_mix * batch)
     features = g2.shape[1]
-    # inverse[k, index[k, b]] = b. A sort rather than a scatter: whatever index holds (it is a
-    # permutation unless the caller lied), inverse stays in range and nothing faults.
-    inverse = torch.argsort(index, dim=1).contiguous()
+    inverse = inverse_permutation(index)
     out = torch.empty(batch, *grad.shape[1:], device=grad.device, dtype=grad.dtype)
     if features:
         config = mix_launch_config(features)

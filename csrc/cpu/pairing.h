@@ -1,0 +1,47 @@
+// The pairing of mixes on the CPU, shared by mixup (mix.cpp) and CutMix (cutmix.cpp): (K, B)
+// matrices of any strides, index range checks, and the inverse permutation through which the
+// backward kernels gather instead of scattering.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace rankmixup::cpu {
+
+// (K, B) int64/float32/float64 matrix of any strides (lam is often an expanded (K,) view, stride 0).
+template <class T>
+struct Matrix {
+  const T* data;
+  int64_t s0, s1;
+  explicit Matrix(const at::Tensor& t) : data(t.const_data_ptr<T>()), s0(t.stride(0)), s1(t.stride(1)) {}
+  T operator()(int64_t k, int64_t b) const { return data[k * s0 + b * s1]; }
+};
+
+inline void check_index_range(const char* op, const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
+  for (int64_t k = 0; k < num_mix; ++k) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t j = index(k, b);
+      TORCH_CHECK(j >= 0 && j < batch, op, ": index[", k, ", ", b, "] = ", j, " is outside [0, ", batch, ")");
+    }
+  }
+}
+
+// inverse[k * B + index[k, b]] = b; fails, naming `op`, unless every row of index is a permutation.
+inline std::vector<int64_t> inverse_permutation(const char* op, const Matrix<int64_t>& index, int64_t num_mix,
+                                                int64_t batch) {
+  check_index_range(op, index, num_mix, batch);
+  std::vector<int64_t> inverse(num_mix * batch, -1);
+  for (int64_t k = 0; k < num_mix; ++k) {
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t& slot = inverse[k * batch + index(k, b)];
+      TORCH_CHECK(slot < 0, op, ": row ", k, " of index is not a permutation");
+      slot = b;
+    }
+  }
+  return inverse;
+}
+
+}  // namespace rankmixup::cpu
