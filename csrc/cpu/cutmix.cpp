@@ -26,10 +26,6 @@ using at::Tensor;
 
 constexpr int64_t kGrainElements = 1 << 15;
 
-BoxMatrix box_matrix(const Tensor& boxes) {
-  return {boxes.const_data_ptr<int64_t>(), boxes.stride(0), boxes.stride(1), boxes.stride(2)};
-}
-
 // The geometry every kernel here needs: the layout, and the run of each element offset.
 struct Images {
   ImageLayout layout;

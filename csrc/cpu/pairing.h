@@ -1,6 +1,6 @@
-// The pairing of mixes on the CPU, shared by mixup (mix.cpp) and CutMix (cutmix.cpp): (K, B)
-// matrices of any strides, index range checks, and the inverse permutation through which the
-// backward kernels gather instead of scattering.
+// The pairing of mixes on the CPU, shared by mixup (mix.cpp) and CutMix (cutmix.cpp): index range
+// checks, and the inverse permutation through which the backward kernels gather instead of
+// scattering.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,16 +9,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace rankmixup::cpu {
+#include "matrix.h"
 
-// (K, B) int64/float32/float64 matrix of any strides (lam is often an expanded (K,) view, stride 0).
-template <class T>
-struct Matrix {
-  const T* data;
-  int64_t s0, s1;
-  explicit Matrix(const at::Tensor& t) : data(t.const_data_ptr<T>()), s0(t.stride(0)), s1(t.stride(1)) {}
-  T operator()(int64_t k, int64_t b) const { return data[k * s0 + b * s1]; }
-};
+namespace rankmixup::cpu {
 
 inline void check_index_range(const char* op, const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
   for (int64_t k = 0; k < num_mix; ++k) {

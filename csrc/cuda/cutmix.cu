@@ -34,10 +34,6 @@ using at::Tensor;
 
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops: enough blocks to fill any GPU
 
-BoxMatrix box_matrix(const Tensor& boxes) {
-  return {boxes.const_data_ptr<int64_t>(), boxes.stride(0), boxes.stride(1), boxes.stride(2)};
-}
-
 template <class scalar_t>
 __device__ scalar_t nan_value() {
   return static_cast<scalar_t>(std::numeric_limits<at::opmath_type<scalar_t>>::quiet_NaN());

@@ -1,6 +1,5 @@
-// The pairing of mixes on CUDA, shared by mixup (mix.cu) and CutMix (cutmix.cu): (K, B)
-// matrices of any strides, and the inverse permutation through which the backward kernels
-// gather instead of scattering.
+// The pairing of mixes on CUDA, shared by mixup (mix.cu) and CutMix (cutmix.cu): the inverse
+// permutation through which the backward kernels gather instead of scattering.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,16 +7,9 @@
 
 #include <cstdint>
 
-namespace rankmixup::cuda {
+#include "matrix.h"
 
-// A (K, B) matrix of any strides (lam is often an expanded (K,) view, stride 0).
-template <class T>
-struct Matrix {
-  const T* data;
-  int64_t stride_k, stride_b;
-  explicit Matrix(const at::Tensor& t) : data(t.const_data_ptr<T>()), stride_k(t.stride(0)), stride_b(t.stride(1)) {}
-  __device__ T operator()(int64_t k, int64_t b) const { return data[k * stride_k + b * stride_b]; }
-};
+namespace rankmixup::cuda {
 
 // inverse[k*B + index[k,b]] = b for the in-range entries of index (K, B), int64 (K*B,), in one
 // launch on `stream`. Slots no entry names stay unwritten (uninitialised), so a backward that
