@@ -21,16 +21,19 @@ from torch.library import triton_op
 
 from .._types import image_memory_format
 from . import launch
-from .mix import inverse_permutation, mix_launch_config
+from .mix import inverse_permutation, mix_launch_config, program_block
 
 
 @triton.jit
-def _in_box(box_ptr, stride_side, offsets, height, width, row_stride, col_stride):
-    """Which ``offsets`` of an image lie in the box at ``box_ptr`` (top, bottom, left, right)."""
-    top = tl.load(box_ptr)
-    bottom = tl.load(box_ptr + stride_side)
-    left = tl.load(box_ptr + 2 * stride_side)
-    right = tl.load(box_ptr + 3 * stride_side)
+def _in_box(boxes_ptr, box, offsets, channels, height, width, CHANNELS_LAST: tl.constexpr):
+    """Which ``offsets`` of an image lie in box number ``box`` (``k*B + b``) of the contiguous
+    ``(K, B, 4)`` boxes: the pixel of an offset follows from the strides of H and W."""
+    top = tl.load(boxes_ptr + 4 * box)
+    bottom = tl.load(boxes_ptr + 4 * box + 1)
+    left = tl.load(boxes_ptr + 4 * box + 2)
+    right = tl.load(boxes_ptr + 4 * box + 3)
+    row_stride = width * channels if CHANNELS_LAST else width
+    col_stride = channels if CHANNELS_LAST else 1
     rows = offsets // row_stride % height
     cols = offsets // col_stride % width
     return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
@@ -44,25 +47,19 @@ def _paste_boxes_kernel(
     out_ptr,
     batch,
     image,
+    channels,
     height,
     width,
-    row_stride,
-    col_stride,
-    stride_boxes_k,
-    stride_boxes_b,
-    stride_boxes_side,
     stride_index_k,
     stride_index_b,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64)
-    k = r // batch
+    r = tl.program_id(0).to(tl.int64)  # the output image, k*B + b
     b = r % batch
-    offsets = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < image
-    box_ptr = boxes_ptr + k * stride_boxes_k + b * stride_boxes_b
-    inside = _in_box(box_ptr, stride_boxes_side, offsets, height, width, row_stride, col_stride)
-    partner = tl.load(index_ptr + k * stride_index_k + b * stride_index_b)
+    offsets, mask = program_block(image, BLOCK)
+    inside = _in_box(boxes_ptr, r, offsets, channels, height, width, CHANNELS_LAST)
+    partner = tl.load(index_ptr + (r // batch) * stride_index_k + b * stride_index_b)
     # An index outside the batch (never checked on the hot path) reads zeros, not memory.
     in_batch = (partner >= 0) & (partner < batch)
     own = tl.load(x_ptr + b * image + offsets, mask=mask & ~inside, other=0.0)
@@ -79,56 +76,49 @@ def _paste_boxes_backward_kernel(
     batch,
     image,
     num_mix,
+    channels,
     height,
     width,
-    row_stride,
-    col_stride,
-    stride_boxes_k,
-    stride_boxes_b,
-    stride_boxes_side,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     acc_ty = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    offsets = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < image
+    offsets, mask = program_block(image, BLOCK)
     own = tl.zeros([BLOCK], acc_ty)
     partners = tl.zeros([BLOCK], acc_ty)
     for k in range(num_mix):
-        own_box = boxes_ptr + k * stride_boxes_k + b * stride_boxes_b
-        outside = ~_in_box(own_box, stride_boxes_side, offsets, height, width, row_stride, col_stride)
-        own += tl.load(grad_ptr + (k * batch + b) * image + offsets, mask=mask & outside, other=0.0).to(acc_ty)
-        j = tl.load(inverse_ptr + k * batch + b)  # the sample whose mix k took b as its partner
-        partner_box = boxes_ptr + k * stride_boxes_k + j * stride_boxes_b
-        inside = _in_box(partner_box, stride_boxes_side, offsets, height, width, row_stride, col_stride)
-        partners += tl.load(grad_ptr + (k * batch + j) * image + offsets, mask=mask & inside, other=0.0).to(acc_ty)
+        mine = k * batch + b
+        outside = ~_in_box(boxes_ptr, mine, offsets, channels, height, width, CHANNELS_LAST)
+        own += tl.load(grad_ptr + mine * image + offsets, mask=mask & outside, other=0.0).to(acc_ty)
+        theirs = k * batch + tl.load(inverse_ptr + mine)  # the mix that took b as its partner
+        inside = _in_box(boxes_ptr, theirs, offsets, channels, height, width, CHANNELS_LAST)
+        partners += tl.load(grad_ptr + theirs * image + offsets, mask=mask & inside, other=0.0).to(acc_ty)
     tl.store(out_ptr + b * image + offsets, (own + partners).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _dense_images(images: torch.Tensor, rows: int):
     """``images`` dense in its CutMix layout, an empty ``(rows, C, H, W)`` result in the same
-    layout, and the launch geometry: elements per image and the pixel strides of that order."""
+    layout, and the geometry the kernels take: elements per image, C, H, W, channels-last."""
     memory_format = image_memory_format(images)
     dense = images.contiguous(memory_format=memory_format)
     _, channels, height, width = images.shape
     out = torch.empty((rows, channels, height, width), dtype=images.dtype, device=images.device,
                       memory_format=memory_format)
-    if memory_format == torch.channels_last:
-        row_stride, col_stride = width * channels, channels
-    else:
-        row_stride, col_stride = width, 1
-    return dense, out, (channels * height * width, height, width, row_stride, col_stride)
+    geometry = (channels * height * width, channels, height, width)
+    return dense, out, geometry, memory_format == torch.channels_last
 
 
 @triton_op("rankmixup_triton::paste_boxes", mutates_args=())
 def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K CutMix mixes of ``x`` ``(B, C, H, W)``, as ``(K*B, C, H, W)`` mix-major, in one launch."""
     num_mix, batch = index.shape
-    dense, out, (image, *geometry) = _dense_images(x, num_mix * batch)
+    dense, out, (image, *geometry), channels_last = _dense_images(x, num_mix * batch)
     if out.numel():
         config = mix_launch_config(image)
         launch.launcher(_paste_boxes_kernel)[(num_mix * batch, triton.cdiv(image, config["BLOCK"]))](
-            dense, boxes, index, out, batch, image, *geometry, *boxes.stride(), *index.stride(), **config
+            dense, boxes.contiguous(), index, out, batch, image, *geometry, *index.stride(),
+            CHANNELS_LAST=channels_last, **config,
         )
     return out
 
@@ -137,11 +127,12 @@ def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> to
 def paste_boxes_backward(grad: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`paste_boxes` with respect to ``x``, ``(B, C, H, W)``, from ``grad`` ``(K*B, C, H, W)``."""
     num_mix, batch = index.shape
-    dense, out, (image, *geometry) = _dense_images(grad, batch)
+    dense, out, (image, *geometry), channels_last = _dense_images(grad, batch)
     if out.numel():
         config = mix_launch_config(image)
         launch.launcher(_paste_boxes_backward_kernel)[(batch, triton.cdiv(image, config["BLOCK"]))](
-            dense, boxes, inverse_permutation(index), out, batch, image, num_mix, *geometry, *boxes.stride(), **config
+            dense, boxes.contiguous(), inverse_permutation(index), out, batch, image, num_mix, *geometry,
+            CHANNELS_LAST=channels_last, **config,
         )
     return out
 

@@ -21,6 +21,14 @@ MAX_BLOCK = 2048
 
 
 @triton.jit
+def program_block(size, BLOCK: tl.constexpr):
+    """This program's block of positions along a row of ``size`` (grid axis 1), int64, and which
+    of them lie in the row."""
+    positions = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return positions, positions < size
+
+
+@triton.jit
 def _mix_kernel(
     x_ptr,
     lam_ptr,
@@ -38,8 +46,7 @@ def _mix_kernel(
 ):
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < features
+    cols, mask = program_block(features, BLOCK)
     x_b = tl.load(x_ptr + b * stride_x + cols, mask=mask).to(acc_ty)
     for k in range(num_mix):
         lam = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b).to(acc_ty)
@@ -67,8 +74,7 @@ def _mix_backward_kernel(
 ):
     acc_ty = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < features
+    cols, mask = program_block(features, BLOCK)
     total = tl.zeros([BLOCK], acc_ty)
     for k in range(num_mix):
         lam_b = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b).to(acc_ty)
