@@ -26,7 +26,7 @@ using at::Tensor;
 
 constexpr int64_t kGrainElements = 1 << 15;
 
-// The geometry every kernel here needs: the layout, and the run of each element offset.
+// The images of x, grad and the results: their layout, and where a box lies in each run.
 struct Images {
   ImageLayout layout;
   int64_t numel;  // elements per image
@@ -34,6 +34,8 @@ struct Images {
   // The span [begin, end) of a run that `box` covers, empty where the run's row is outside it.
   std::pair<int64_t, int64_t> span(const Box& box, int64_t run) const {
     const Box clipped = clip_to_image(box, layout.height, layout.width);
+    // Runs are the (c, h) pairs of a contiguous image and the rows h of a channels-last one:
+    // either way, run % H is the row.
     if (!clipped.has_row(run % layout.height)) return {0, 0};
     return {clipped.left * layout.col_stride, clipped.right * layout.col_stride};
   }
