@@ -115,6 +115,21 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
   }
 };
 
+// Differentiable in x; boxes and index are integers.
+class PasteBoxesFunction : public torch::autograd::Function<PasteBoxesFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& boxes, const Tensor& index) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({boxes, index});
+    return paste_boxes_op().call(x, boxes, index);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    return {paste_boxes_backward_op().call(grads[0], saved[0], saved[1]), Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
 
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
@@ -132,6 +147,10 @@ LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const 
 
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index) {
   return MixFunction::apply(x, lam, index);
+}
+
+Tensor paste_boxes_autograd(const Tensor& x, const Tensor& boxes, const Tensor& index) {
+  return PasteBoxesFunction::apply(x, boxes, index);
 }
 
 // A piecewise-constant function of lam: its output never requires grad (the loss takes rel as a

@@ -34,6 +34,8 @@ Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& ind
 Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_cpu(const Tensor& x, const Tensor& lam, const Tensor& index);
 Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& index);
+Tensor paste_boxes_cpu(const Tensor& x, const Tensor& boxes, const Tensor& index);
+Tensor paste_boxes_backward_cpu(const Tensor& grad, const Tensor& boxes, const Tensor& index);
 }  // namespace cpu
 
 namespace cuda {
@@ -44,6 +46,8 @@ std::tuple<Tensor, Tensor> loss_backward_cuda(const Tensor& grad_loss, const Ten
                                               const Tensor& argmaxes, int64_t ignore_index, const ClassWeight& weight);
 Tensor mix_cuda(const Tensor& x, const Tensor& lam, const Tensor& index);
 Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& index);
+Tensor paste_boxes_cuda(const Tensor& x, const Tensor& boxes, const Tensor& index);
+Tensor paste_boxes_backward_cuda(const Tensor& grad, const Tensor& boxes, const Tensor& index);
 }  // namespace cuda
 
 Tensor relevance_composite(const Tensor& targets, const Tensor& lam, const Tensor& index);
@@ -54,5 +58,6 @@ LossKernelOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, 
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index);
 Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index);
+Tensor paste_boxes_autograd(const Tensor& x, const Tensor& boxes, const Tensor& index);
 
 }  // namespace rankmixup

@@ -159,6 +159,29 @@ inline void check_mix_args(const char* op, const at::Tensor& x, const at::Tensor
   TORCH_CHECK(x.device() == lam.device() && x.device() == index.device(), op, ": all tensors must be on one device");
 }
 
+// CutMix: `images` (rows, C, H, W) floating, with rows = B for the forward's x and K*B for the
+// backward's grad; boxes int64 (K, B, 4); index int64 (K, B).
+inline void check_paste_boxes_args(const char* op, const at::Tensor& images, const at::Tensor& boxes,
+                                   const at::Tensor& index, bool per_mix_rows) {
+  TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, op,
+              ": index must be int64 (K, B), non-empty");
+  const int64_t num_mix = index.size(0), batch = index.size(1);
+  TORCH_CHECK(images.dim() == 4 && images.is_floating_point() && images.size(0) == (per_mix_rows ? num_mix * batch : batch),
+              op, per_mix_rows ? ": grad must be floating (K*B, C, H, W)" : ": x must be floating (B, C, H, W)");
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(0) == num_mix && boxes.size(1) == batch && boxes.size(2) == 4 &&
+                  boxes.scalar_type() == at::kLong,
+              op, ": boxes must be int64 (K, B, 4)");
+  TORCH_CHECK(images.device() == boxes.device() && images.device() == index.device(), op,
+              ": all tensors must be on one device");
+}
+
+// The layout of a CutMix result (and gradient) of `images`: channels-last when they are (and are
+// not also contiguous, as when C = 1), else contiguous; rankmixup_ops/_types.py says the same.
+inline at::MemoryFormat image_memory_format(const at::Tensor& images) {
+  return images.is_contiguous(at::MemoryFormat::ChannelsLast) && !images.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                                          : at::MemoryFormat::Contiguous;
+}
+
 inline void check_relevance_args(const at::Tensor& targets, const at::Tensor& lam, const at::Tensor& index) {
   TORCH_CHECK(index.dim() == 2 && index.scalar_type() == at::kLong, "rankmixup::relevance: index must be int64 (K, B)");
   TORCH_CHECK(lam.sizes() == index.sizes() && (lam.scalar_type() == at::kFloat || lam.scalar_type() == at::kDouble),

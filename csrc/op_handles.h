@@ -66,6 +66,18 @@ inline const auto& mix_backward_op() {
   return op;
 }
 
+inline const auto& paste_boxes_op() {
+  static const auto op =
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("rankmixup::paste_boxes");
+  return op;
+}
+
+inline const auto& paste_boxes_backward_op() {
+  static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+      "rankmixup::paste_boxes_backward");
+  return op;
+}
+
 inline const auto& relevance_op() {
   static const auto op =
       typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("rankmixup::relevance");

@@ -133,6 +133,21 @@ TORCH_LIBRARY(rankmixup, m) {
   m.def("mix_backward(Tensor grad, Tensor lam, Tensor index) -> Tensor");
   m.impl("mix_backward", on(DispatchKey::CPU, &rankmixup::cpu::mix_backward_cpu));
   RANKMIXUP_IF_CUDA(m.impl("mix_backward", on(DispatchKey::CUDA, &rankmixup::cuda::mix_backward_cuda)));
+
+  // CutMix (SPEC §2): x (B, C, H, W), boxes int64 (K, B, 4) as (top, bottom, left, right),
+  // half-open, index int64 (K, B) -> (K*B, C, H, W), x[b] with the part of box (k, b) inside the
+  // image taken from x[index[k, b]]; channels-last for channels-last x, else contiguous.
+  m.def("paste_boxes(Tensor x, Tensor boxes, Tensor index) -> Tensor");
+  m.impl("paste_boxes", on(DispatchKey::CPU, &rankmixup::cpu::paste_boxes_cpu));
+  RANKMIXUP_IF_CUDA(m.impl("paste_boxes", on(DispatchKey::CUDA, &rankmixup::cuda::paste_boxes_cuda)));
+  m.impl("paste_boxes", on(DispatchKey::Autograd, &rankmixup::paste_boxes_autograd));
+
+  // d paste_boxes / d x: grad (K*B, C, H, W) -> (B, C, H, W), gathered through the inverse
+  // permutation.
+  m.def("paste_boxes_backward(Tensor grad, Tensor boxes, Tensor index) -> Tensor");
+  m.impl("paste_boxes_backward", on(DispatchKey::CPU, &rankmixup::cpu::paste_boxes_backward_cpu));
+  RANKMIXUP_IF_CUDA(
+      m.impl("paste_boxes_backward", on(DispatchKey::CUDA, &rankmixup::cuda::paste_boxes_backward_cuda)));
 }
 
 namespace {
@@ -191,4 +206,10 @@ PYBIND11_MODULE(_C, m) {
         return as_python_call([&] { return rankmixup::mix_op().call(x, lam, index); });
       },
       "torch.ops.rankmixup.mix, called directly.");
+  m.def(
+      "paste_boxes",
+      [](const Tensor& x, const Tensor& boxes, const Tensor& index) {
+        return as_python_call([&] { return rankmixup::paste_boxes_op().call(x, boxes, index); });
+      },
+      "torch.ops.rankmixup.paste_boxes, called directly.");
 }

@@ -10,7 +10,7 @@ from . import compat, metrics, reference
 from ._types import LossOutput, MixupBatch
 from .backends import BackendStatus, BackendUnavailable, available_backends
 from .functional import mndcg_loss, mrl_loss, rankmixup_loss, soft_targets
-from .mixup import mix, mix_at, mixup, sample_mixup
+from .mixup import cutmix, mix, mix_at, mixup, paste_boxes, sample_cutmix, sample_mixup
 from .modules import Mixup, RankMixupLoss
 
 __version__ = "0.1.0"
@@ -24,14 +24,17 @@ __all__ = [
     "RankMixupLoss",
     "available_backends",
     "compat",
+    "cutmix",
     "metrics",
     "mix",
     "mix_at",
     "mixup",
     "mndcg_loss",
     "mrl_loss",
+    "paste_boxes",
     "rankmixup_loss",
     "reference",
+    "sample_cutmix",
     "sample_mixup",
     "soft_targets",
 ]

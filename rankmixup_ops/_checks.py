@@ -133,12 +133,8 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device, dtyp
     Returns ``(lam, index)`` as ``(K, B)`` in ``dtype`` (the accumulation dtype of the data it
     mixes or scores: float64 for float64, else float32) and int64 ``(K, B)``.
     """
-    index = integer(fn, "index", index)
-    if index.dim() != 2 or index.numel() == 0:
-        raise shape_error(fn, "index", index, "(K, B) with K >= 1 and B >= 1")
+    index = pairing_index(fn, index, batch=batch)
     num_mix, index_batch = index.shape
-    if batch is not None and index_batch != batch:
-        raise shape_error(fn, "index", index, f"(K, {batch}) to match the batch")
     if not isinstance(lam, torch.Tensor):
         lam = _lam_tensor(fn, lam, device, dtype)
     floating(fn, "lam", lam)
@@ -152,6 +148,24 @@ def mixing(fn: str, lam, index, *, batch: int | None, device: torch.device, dtyp
     if len(lam_shape) == 1:
         lam = lam.unsqueeze(1).expand(num_mix, index_batch)
     return lam, index
+
+
+def pairing_index(fn: str, index, *, batch: int | None) -> torch.Tensor:
+    """Checks ``index`` ``(K, B)``, K >= 1, B >= 1 (and ``batch`` when given); returns it as int64."""
+    index = integer(fn, "index", index)
+    if index.dim() != 2 or index.numel() == 0:
+        raise shape_error(fn, "index", index, "(K, B) with K >= 1 and B >= 1")
+    if batch is not None and index.shape[1] != batch:
+        raise shape_error(fn, "index", index, f"(K, {batch}) to match the batch")
+    return index
+
+
+def boxes(fn: str, value, *, num_mix: int, batch: int) -> torch.Tensor:
+    """Checks CutMix ``boxes`` ``(K, B, 4)`` of an integer dtype; returns them as int64."""
+    value = integer(fn, "boxes", value)
+    if value.shape != (num_mix, batch, 4):
+        raise shape_error(fn, "boxes", value, f"({num_mix}, {batch}, 4) (top, bottom, left, right) to match index")
+    return value
 
 
 def _lam_tensor(fn: str, lam, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -168,7 +182,8 @@ def validation_requested(validate: bool) -> bool:
     return validate or os.environ.get("RANKMIXUP_VALIDATE", "0") not in ("", "0")
 
 
-def validate_values(fn: str, *, lam=None, index=None, targets=None, num_classes=None, ignore_index=None):
+def validate_values(fn: str, *, lam=None, index=None, targets=None, num_classes=None, ignore_index=None, boxes=None,
+                    image_size=None):
     """The checks that read tensor values, and so synchronise with the device."""
     if lam is not None and not bool(((lam >= 0) & (lam <= 1)).all()):
         raise ValueError(f"{fn}: lam must lie in [0, 1] (validate=True found a value outside)")
@@ -184,4 +199,13 @@ def validate_values(fn: str, *, lam=None, index=None, targets=None, num_classes=
             raise ValueError(
                 f"{fn}: targets must lie in [0, {num_classes}) or equal ignore_index={ignore_index} "
                 "(validate=True found one outside)"
+            )
+    if boxes is not None:
+        height, width = image_size
+        top, bottom, left, right = boxes.unbind(-1)
+        inside = (0 <= top) & (top <= bottom) & (bottom <= height) & (0 <= left) & (left <= right) & (right <= width)
+        if not bool(inside.all()):
+            raise ValueError(
+                f"{fn}: every box must satisfy 0 <= top <= bottom <= {height} and 0 <= left <= right <= {width} "
+                "(validate=True found one that does not)"
             )

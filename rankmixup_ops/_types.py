@@ -14,6 +14,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def image_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout of a CutMix result for images ``x`` (B, C, H, W): channels-last when ``x`` is
+    (and is not also contiguous, as when C = 1), else contiguous. csrc/op_args.h says the same."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class LossOutput(NamedTuple):
     """What the RankMixup losses return.
 

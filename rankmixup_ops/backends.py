@@ -43,6 +43,11 @@ class Backend(Protocol):
         """``(K*B, *feat)`` mixes of ``x`` (B, *feat) with ``lam`` (K, B) in x's accumulation dtype
         and int64 ``index`` (K, B)."""
 
+    def paste_boxes(self, x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``(K*B, C, H, W)`` CutMix mixes of the images ``x`` (B, C, H, W): int64 ``boxes`` (K, B, 4)
+        pasted from the partners of int64 ``index`` (K, B); channels-last for a channels-last ``x``
+        (:func:`rankmixup_ops._types.image_memory_format`)."""
+
 
 class BackendStatus(NamedTuple):
     available: bool

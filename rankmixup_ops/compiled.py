@@ -33,6 +33,7 @@ Operators (schemas in csrc/ops.cpp):
   (what the drop-in classes are given), each row's largest entry snapped to 1 within 4 float32
   epsilons, in one op (a CPU kernel; an ATen composite elsewhere and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
+- ``paste_boxes(x, boxes, index)`` and ``paste_boxes_backward(grad, boxes, index)``: CutMix.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from ._extension import build_info, extension
-from ._types import BackendUnavailable, LossOptions, LossOutput, accumulation_dtype
+from ._types import BackendUnavailable, LossOptions, LossOutput, accumulation_dtype, image_memory_format
 
 _C = extension()  # registers the operators (raises BackendUnavailable if the build is missing)
 ops = torch.ops.rankmixup
@@ -92,6 +93,22 @@ def _mix_backward_fake(grad, lam, index):
     return grad.new_empty((index.shape[1], *grad.shape[1:]))
 
 
+@torch.library.register_fake("rankmixup::paste_boxes")
+def _paste_boxes_fake(x, boxes, index):
+    torch._check(x.dim() == 4 and x.shape[0] == index.shape[1] and boxes.shape == (*index.shape, 4),
+                 lambda: "rankmixup::paste_boxes: x (B, C, H, W), boxes (K, B, 4), index (K, B)")
+    return torch.empty((index.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device,
+                       memory_format=image_memory_format(x))
+
+
+@torch.library.register_fake("rankmixup::paste_boxes_backward")
+def _paste_boxes_backward_fake(grad, boxes, index):
+    torch._check(grad.dim() == 4 and grad.shape[0] == index.numel(),
+                 lambda: "rankmixup::paste_boxes_backward: grad must be (K*B, C, H, W)")
+    return torch.empty((index.shape[1], *grad.shape[1:]), dtype=grad.dtype, device=grad.device,
+                       memory_format=image_memory_format(grad))
+
+
 def _entry(*tensors):
     """Where to call an operator from: ``_C``'s direct entry points (the same dispatcher call,
     without the torch.ops binding's boxing of every argument: a few microseconds a call at the
@@ -141,6 +158,10 @@ class CompiledBackend:
     @staticmethod
     def mix(x, lam, index):
         return _entry(x, lam, index).mix(x, lam, index)
+
+    @staticmethod
+    def paste_boxes(x, boxes, index):
+        return _entry(x, boxes, index).paste_boxes(x, boxes, index)
 
 
 def load_backend(device_type: str) -> CompiledBackend:

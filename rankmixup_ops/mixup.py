@@ -1,5 +1,5 @@
-"""Mixup generation: sampling ``(lam, index)`` on the device, the mix op (SPEC §2), and mixing
-at a hidden layer."""
+"""Mixup generation: sampling ``(lam, index)`` on the device, the mix op (SPEC §2), mixing at a
+hidden layer, and CutMix (sampling boxes, the paste op)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from . import _checks as check
 from ._types import MixupBatch, accumulation_dtype
 from .backends import resolve
 
-__all__ = ["sample_mixup", "mix", "mixup", "mix_at"]
+__all__ = ["sample_mixup", "mix", "mixup", "mix_at", "sample_cutmix", "paste_boxes", "cutmix"]
 
 
 def sample_mixup(
@@ -40,29 +40,42 @@ def sample_mixup(
     num_mix = check.integral(fn, "num_mix", num_mix, low=1)
     alpha = check.real(fn, "alpha", alpha)
     per_sample = check.flag(fn, "per_sample", per_sample)
+    device = _sampling_device(fn, device, generator)
+
+    lam_shape = (num_mix, batch_size if per_sample else 1)
+    lam = _beta(alpha, lam_shape, device, generator) if alpha > 0 else torch.ones(lam_shape, device=device)
+    index = _permutations(num_mix, batch_size, device, generator)
+    return lam.expand(num_mix, batch_size).contiguous(), index
+
+
+def _sampling_device(fn: str, device, generator) -> torch.device:
+    """The device to draw on: ``device``, else the generator's, else the default device."""
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"sample_mixup: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(f"{fn}: generator must be a torch.Generator or None, got {type(generator).__name__}")
     if device is None:
         # torch.empty(()) lands on the default device; torch.get_default_device() would be the
         # direct way, but torch.compile cannot trace it.
         device = generator.device if generator is not None else torch.empty(()).device
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"sample_mixup: generator is on {generator.device} but device is {device}")
+        raise ValueError(f"{fn}: generator is on {generator.device} but device is {device}")
+    return device
 
-    lam_shape = (num_mix, batch_size if per_sample else 1)
-    if alpha > 0:
-        # A Dirichlet over two components is Beta(alpha, alpha) in its first; unlike
-        # torch.distributions.Beta, _sample_dirichlet takes a generator.
-        concentration = torch.full((*lam_shape, 2), alpha, device=device)
-        lam = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
-    else:
-        lam = torch.ones(lam_shape, device=device)
+
+def _beta(alpha: float, shape: tuple[int, ...], device: torch.device, generator) -> torch.Tensor:
+    """float32 ``Beta(alpha, alpha)`` draws of ``shape``, ``alpha > 0``."""
+    # A Dirichlet over two components is Beta(alpha, alpha) in its first; unlike
+    # torch.distributions.Beta, _sample_dirichlet takes a generator.
+    concentration = torch.full((*shape, 2), alpha, device=device)
+    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+
+
+def _permutations(num_mix: int, batch_size: int, device: torch.device, generator) -> torch.Tensor:
+    """``(K, B)`` int64, each row an independent uniform permutation of 0..B-1."""
     # Sorting i.i.d. uniforms gives a uniform permutation per row in one launch; float64 keys
     # make ties (which would bias the draw) vanishingly rare.
     keys = torch.rand(num_mix, batch_size, device=device, dtype=torch.float64, generator=generator)
-    index = keys.argsort(dim=1)
-    return lam.expand(num_mix, batch_size).contiguous(), index
+    return keys.argsort(dim=1)
 
 
 def mix(x: torch.Tensor, lam, index: torch.Tensor, *, validate: bool = False, backend: str = "auto") -> torch.Tensor:
@@ -146,3 +159,110 @@ def mix_at(module: nn.Module, lam, index: torch.Tensor, *, backend: str = "auto"
         handle.remove()
     if calls == 0:
         raise RuntimeError(f"{fn}: {type(module).__name__} did not run inside the block: nothing was mixed")
+
+
+# --- CutMix: a box of the partner pasted into each sample ----------------------------------------
+
+
+def sample_cutmix(
+    height: int,
+    width: int,
+    batch_size: int,
+    num_mix: int,
+    alpha: float,
+    *,
+    per_sample: bool = False,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draws CutMix boxes, their mixing coefficients and partners for ``num_mix`` mixes of a batch
+    of ``height x width`` images.
+
+    Per mix (or, with ``per_sample=True``, per mix and sample) the box is CutMix's: ``lam0 ~
+    Beta(alpha, alpha)``, a cut of ``floor(H * sqrt(1 - lam0))`` by ``floor(W * sqrt(1 - lam0))``
+    centred on a uniform pixel ``(cy, cx)``, rows ``[cy - cut_h // 2, cy + cut_h // 2)`` and
+    columns likewise, clipped to the image. Returns ``(boxes, lam, index)``: ``boxes`` int64
+    ``(K, B, 4)`` as (top, bottom, left, right), half-open; ``lam`` ``(K, B)`` float32, the share
+    of the image the sample keeps after clipping, ``1 - box_area / (H * W)``; ``index`` ``(K, B)``
+    int64, K uniform permutations (as :func:`sample_mixup` draws them).
+
+    Drawn on ``device`` (default: the generator's device, else the current default device) from
+    ``generator`` when given, with no host synchronisation; a seeded generator reproduces the draw.
+    """
+    fn = "sample_cutmix"
+    height = check.integral(fn, "height", height, low=1)
+    width = check.integral(fn, "width", width, low=1)
+    batch_size = check.integral(fn, "batch_size", batch_size, low=1)
+    num_mix = check.integral(fn, "num_mix", num_mix, low=1)
+    alpha = check.real(fn, "alpha", alpha)
+    if alpha <= 0:  # Beta(alpha, alpha) needs alpha > 0; unlike mixup, there is no "off" value
+        raise ValueError(f"{fn}: alpha must be > 0, got {alpha}")
+    per_sample = check.flag(fn, "per_sample", per_sample)
+    device = _sampling_device(fn, device, generator)
+
+    shape = (num_mix, batch_size if per_sample else 1)
+    cut_ratio = (1 - _beta(alpha, shape, device, generator).double()).sqrt()
+    rows = _box_sides(height, cut_ratio, torch.randint(height, shape, device=device, generator=generator))
+    cols = _box_sides(width, cut_ratio, torch.randint(width, shape, device=device, generator=generator))
+    boxes = torch.stack([*rows, *cols], dim=-1).expand(num_mix, batch_size, 4).contiguous()
+    area = (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
+    lam = (1 - area.double() / (height * width)).float()
+    return boxes, lam, _permutations(num_mix, batch_size, device, generator)
+
+
+def _box_sides(size: int, cut_ratio: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and one-past-last row (or column) of boxes of ``floor(size * cut_ratio)`` around
+    ``centre``, clipped to ``[0, size]``: half the cut on either side, as CutMix's rand_bbox."""
+    half = (size * cut_ratio).floor().long() // 2
+    return (centre - half).clamp(0, size), (centre + half).clamp(0, size)
+
+
+def paste_boxes(
+    x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, *, validate: bool = False, backend: str = "auto"
+) -> torch.Tensor:
+    """``out[k*B + b]`` is ``x[b]`` with the box ``boxes[k, b]`` pasted from ``x[index[k, b]]``:
+    the K CutMix mixes of the images ``x`` ``(B, C, H, W)``, shape ``(K*B, C, H, W)``.
+
+    ``boxes`` int64 ``(K, B, 4)`` holds (top, bottom, left, right), rows ``[top, bottom)`` and
+    columns ``[left, right)``; only the part of a box inside the image is pasted, so an empty
+    box leaves ``x[b]`` as it is. ``index`` is ``(K, B)``. Differentiable in ``x``. A
+    channels-last ``x`` gives a channels-last result; any other layout a contiguous one.
+    ``validate=True`` (or ``RANKMIXUP_VALIDATE=1``) also checks the values, synchronising with
+    the device: every box within the image, every row of ``index`` a permutation.
+    """
+    fn = "paste_boxes"
+    _check_images(fn, x)
+    index = check.pairing_index(fn, index, batch=x.shape[0])
+    boxes = check.boxes(fn, boxes, num_mix=index.shape[0], batch=x.shape[0])
+    check.same_device(fn, "x", x, boxes=boxes, index=index)
+    if check.validation_requested(check.flag(fn, "validate", validate)):
+        check.validate_values(fn, index=index, boxes=boxes, image_size=x.shape[2:])
+    return resolve(fn, backend, x.device).paste_boxes(x, boxes, index)
+
+
+def cutmix(
+    x: torch.Tensor,
+    num_mix: int = 1,
+    alpha: float = 1.0,
+    *,
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> MixupBatch:
+    """Samples ``num_mix`` CutMix mixes of the images ``x`` ``(B, C, H, W)`` (:func:`sample_cutmix`)
+    and builds them (:func:`paste_boxes`).
+
+    Returns ``MixupBatch(inputs, lam, index)``: ``inputs`` ``(K*B, C, H, W)`` mix-major, in
+    ``x``'s memory format when that is channels-last; ``lam`` the area-corrected share of
+    ``x[b]`` in each mix, which the loss takes as mixup's ``lam``.
+    """
+    _check_images("cutmix", x)
+    batch, _, height, width = x.shape
+    boxes, lam, index = sample_cutmix(height, width, batch, num_mix, alpha, per_sample=per_sample, device=x.device,
+                                      generator=generator)
+    return MixupBatch(paste_boxes(x, boxes, index, backend=backend), lam, index)
+
+
+def _check_images(fn: str, x) -> None:
+    check.floating(fn, "x", x)
+    check.shape(fn, "x", x, "(B, C, H, W) with B >= 1", x.dim() == 4 and x.shape[0] >= 1)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._types import LossOptions, LossOutput, accumulation_dtype
+from ._types import LossOptions, LossOutput, accumulation_dtype, image_memory_format
 
 __all__ = [
     "mix",
+    "paste_boxes",
     "soft_targets",
     "relevance",
     "soft_relevance",
@@ -34,6 +35,22 @@ def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     xa = x.to(acc)
     mixed = lam * xa.unsqueeze(0) + (1 - lam) * xa[index]
     return mixed.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype)
+
+
+def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[k*B + b]`` is ``x[b]`` with the part inside the image of the box ``boxes[k, b]``
+    (top, bottom, left, right; half-open) taken from ``x[index[k, b]]`` (CutMix, SPEC §2)."""
+    num_mix, batch = index.shape
+    height, width = x.shape[-2:]
+    top, bottom, left, right = (side[..., None] for side in boxes.unbind(-1))  # (K, B, 1) each
+    rows = torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device)
+    in_box = ((rows >= top) & (rows < bottom))[..., :, None] & ((cols >= left) & (cols < right))[..., None, :]
+    # In the accumulation dtype, so that the gradient sums its terms there and rounds once.
+    xa = x.to(accumulation_dtype(x.dtype))
+    pasted = torch.where(in_box[:, :, None], xa[index], xa.unsqueeze(0))  # (K, B, C, H, W)
+    out = pasted.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype)
+    return out.contiguous(memory_format=image_memory_format(x))
 
 
 def soft_targets(
@@ -193,6 +210,7 @@ class _ReferenceBackend:
 
     loss = staticmethod(rankmixup_loss_from_relevance)
     mix = staticmethod(mix)
+    paste_boxes = staticmethod(paste_boxes)
     relevance = staticmethod(relevance)
     soft_relevance = staticmethod(soft_relevance)
 

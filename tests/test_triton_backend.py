@@ -18,6 +18,7 @@ import rankmixup_ops as rmx  # noqa: E402
 from rankmixup_ops import reference  # noqa: E402
 from rankmixup_ops._types import LossOptions  # noqa: E402
 from rankmixup_ops.triton import BACKEND  # noqa: E402
+from rankmixup_ops.triton import cutmix as triton_cutmix  # noqa: E402
 from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
 from rankmixup_ops.triton import mix as triton_mix  # noqa: E402
 
@@ -298,6 +299,9 @@ def _op_samples(device):
     x = torch.randn(6, 3, 5, device=device, requires_grad=True)
     index = torch.stack([torch.randperm(6, device=device) for _ in range(3)])
     yield triton_mix.mix, (x, torch.rand(3, 6, device=device), index)
+    images = torch.randn(6, 3, 5, 7, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    boxes = rmx.sample_cutmix(5, 7, 6, 3, 1.0, per_sample=True, device=device)[0]
+    yield triton_cutmix.paste_boxes, (images, boxes, index)
 
 
 @pytest.mark.gpu

@@ -39,6 +39,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rankmixup_ops.triton import cutmix as cutmix_module  # noqa: E402
 from rankmixup_ops.triton import launch  # noqa: E402
 from rankmixup_ops.triton import loss as loss_module  # noqa: E402
 from rankmixup_ops.triton import mix as mix_module  # noqa: E402
@@ -119,6 +120,27 @@ def mix_problems(everything: bool):
         yield dtype in (torch.bfloat16, torch.float32), f"mix {str(dtype)[6:]} F={features}", run
 
 
+def cutmix_problems(everything: bool):
+    """paste_boxes and its backward: contiguous and channels-last images of CIFAR's size (several
+    blocks) and a small one (one partial block)."""
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16, torch.float64) if everything else ())
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    for dtype, (layout, memory_format), (channels, height, width) in itertools.product(
+        dtypes, layouts.items(), ((3, 32, 32), (2, 5, 7))
+    ):
+        x = torch.zeros(4, channels, height, width, dtype=dtype).contiguous(memory_format=memory_format)
+        grad = torch.zeros(12, channels, height, width, dtype=dtype).contiguous(memory_format=memory_format)
+        boxes = torch.zeros(3, 4, 4, dtype=torch.int64)
+        index = torch.zeros(3, 4, dtype=torch.int64)
+
+        def run(x=x, grad=grad, boxes=boxes, index=index):
+            cutmix_module.paste_boxes._init_fn(x, boxes, index)
+            cutmix_module.paste_boxes_backward._init_fn(grad, boxes, index)
+
+        name = f"paste_boxes {str(dtype)[6:]} {layout} {channels}x{height}x{width}"
+        yield dtype in (torch.bfloat16, torch.float32), name, run
+
+
 def compile_launch(kernel, args, kwargs, target):
     """Specialise as the JIT would for ``target`` and compile; returns the CompiledKernel, its
     constexprs and its options."""
@@ -164,7 +186,8 @@ def main() -> int:
 
     # One compile per distinct specialisation; remember whether any problem needing it is main.
     launches = {}
-    for main_problem, name, run in itertools.chain(loss_problems(options.all), mix_problems(options.all)):
+    problems = itertools.chain(loss_problems(options.all), mix_problems(options.all), cutmix_problems(options.all))
+    for main_problem, name, run in problems:
         with recording() as recorded:
             run()
         for kernel, args, kwargs in recorded:

@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/pairing.h"
 #include "kernels.h"
 #include "op_args.h"
 
@@ -27,15 +28,6 @@ constexpr int64_t kSoftRelevanceOnePassElements = 1 << 16;
 // Features per block of the backward's float accumulator: small enough to stay in L1.
 constexpr int64_t kBlock = 1024;
 
-// (K, B) int64/float32/float64 matrix of any strides (lam is often an expanded (K,) view, stride 0).
-template <class T>
-struct Matrix {
-  const T* data;
-  int64_t s0, s1;
-  explicit Matrix(const Tensor& t) : data(t.const_data_ptr<T>()), s0(t.stride(0)), s1(t.stride(1)) {}
-  T operator()(int64_t k, int64_t b) const { return data[k * s0 + b * s1]; }
-};
-
 // The largest of n values a stride apart, NaN if any is NaN (as torch.amax); exact in any dtype.
 // (Out of the dispatch macros, which cannot hold a pragma.)
 template <class acc_t, class scalar_t>
@@ -49,29 +41,6 @@ acc_t largest_of(const scalar_t* values, int64_t n, int64_t stride) {
     nan |= v != v;
   }
   return nan ? std::numeric_limits<acc_t>::quiet_NaN() : largest;
-}
-
-void check_index_range(const char* op, const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
-  for (int64_t k = 0; k < num_mix; ++k) {
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t j = index(k, b);
-      TORCH_CHECK(j >= 0 && j < batch, op, ": index[", k, ", ", b, "] = ", j, " is outside [0, ", batch, ")");
-    }
-  }
-}
-
-// inverse[k * B + index[k, b]] = b; fails unless every row of index is a permutation.
-std::vector<int64_t> inverse_permutation(const Matrix<int64_t>& index, int64_t num_mix, int64_t batch) {
-  check_index_range("rankmixup::mix_backward", index, num_mix, batch);
-  std::vector<int64_t> inverse(num_mix * batch, -1);
-  for (int64_t k = 0; k < num_mix; ++k) {
-    for (int64_t b = 0; b < batch; ++b) {
-      int64_t& slot = inverse[k * batch + index(k, b)];
-      TORCH_CHECK(slot < 0, "rankmixup::mix_backward: row ", k, " of index is not a permutation");
-      slot = b;
-    }
-  }
-  return inverse;
 }
 
 template <class scalar_t>
@@ -154,7 +123,7 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
   TORCH_CHECK(grad.dim() >= 1 && grad.size(0) == num_mix * batch,
               "rankmixup::mix_backward: grad must be (K*B, *feat)");
   const Matrix<int64_t> idx(index);
-  const std::vector<int64_t> inverse = inverse_permutation(idx, num_mix, batch);
+  const std::vector<int64_t> inverse = inverse_permutation("rankmixup::mix_backward", idx, num_mix, batch);
   const Tensor gc = grad.contiguous();
   std::vector<int64_t> shape(grad.sizes().begin(), grad.sizes().end());
   shape[0] = batch;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "cuda/pairing.cuh"
 #include "cuda/rows.cuh"
 #include "op_args.h"
 
@@ -29,15 +30,6 @@ namespace rankmixup::cuda {
 namespace {
 
 using at::Tensor;
-
-// A (K, B) matrix of any strides; lam's is in the accumulation dtype of x (the op's checks).
-template <class T>
-struct Matrix {
-  const T* data;
-  int64_t stride_k, stride_b;
-  explicit Matrix(const Tensor& t) : data(t.const_data_ptr<T>()), stride_k(t.stride(0)), stride_b(t.stride(1)) {}
-  __device__ T operator()(int64_t k, int64_t b) const { return data[k * stride_k + b * stride_b]; }
-};
 
 template <class acc_t, int N>
 __device__ Array<acc_t, N> nans() {
@@ -73,8 +65,7 @@ __global__ void __launch_bounds__(kMaxTeamLanes) mix_kernel(const scalar_t* x, M
   });
 }
 
-// inverse[k*B + index[k,b]] = b for the in-range entries; slots no entry names stay unwritten,
-// which the backward detects (it checks index[k, inverse[k*B + b]] == b before trusting a slot).
+// inverse[k*B + index[k,b]] = b for the in-range entries (inverse_permutation, pairing.cuh).
 __global__ void inverse_permutation_kernel(Matrix<int64_t> index, int64_t num_mix, int64_t batch, int64_t* inverse) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < num_mix * batch;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -98,7 +89,7 @@ __global__ void __launch_bounds__(kMaxTeamLanes) mix_backward_kernel(const scala
     Array<acc_t, N> acc{};
     for (int64_t k = 0; k < num_mix; ++k) {
       const int64_t j = inverse[k * batch + b];  // the sample whose partner in mix k is b
-      if (!(j >= 0 && j < batch && index(k, j) == b)) {  // index[k] is not a permutation
+      if (!names_partner(index, k, b, j, batch)) {  // index[k] is not a permutation
         acc = nans<acc_t, N>();
         break;
       }
@@ -128,6 +119,14 @@ std::vector<int64_t> with_rows(const Tensor& t, int64_t rows) {
 }
 
 }  // namespace
+
+at::Tensor inverse_permutation(const Tensor& index, cudaStream_t stream) {
+  const int64_t num_mix = index.size(0), batch = index.size(1);
+  Tensor inverse = at::empty({num_mix * batch}, index.options().memory_format(at::MemoryFormat::Contiguous));
+  launch(inverse_permutation_kernel, std::min<int64_t>(ceil_div(num_mix * batch, kBlockThreads), 1024), kBlockThreads,
+         0, stream, Matrix<int64_t>(index), num_mix, batch, inverse.data_ptr<int64_t>());
+  return inverse;
+}
 
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
 
@@ -165,9 +164,7 @@ Tensor mix_backward_cuda(const Tensor& grad, const Tensor& lam, const Tensor& in
   const int64_t features = gc.numel() / gc.size(0);
 
   const Matrix<int64_t> idx(index);
-  Tensor inverse = at::empty({num_mix * batch}, index.options());
-  launch(inverse_permutation_kernel, std::min<int64_t>(ceil_div(num_mix * batch, kBlockThreads), 1024),
-         kBlockThreads, 0, stream, idx, num_mix, batch, inverse.data_ptr<int64_t>());
+  const Tensor inverse = inverse_permutation(index, stream);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rankmixup_mix_backward_cuda", [&] {
     const bool vectorized = vectorizable<scalar_t>({&gc, &grad_x});
     const Teams teams = teams_for(features, vectorized ? kVecWidth<scalar_t> : 1);

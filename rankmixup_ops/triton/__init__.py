@@ -1,5 +1,6 @@
 """The Triton backend: the fused loss and the mix as ``torch.library.triton_op`` operators
-(``rankmixup_triton::fused_loss``, ``::fused_loss_backward``, ``::mix``, ``::mix_backward``),
+(``rankmixup_triton::fused_loss``, ``::fused_loss_backward``, ``::mix``, ``::mix_backward``,
+``::paste_boxes``, ``::paste_boxes_backward``),
 which torch.compile traces into.
 
 Runs on CUDA tensors. CPU tensors run too when ``TRITON_INTERPRET=1`` was set before this
@@ -9,6 +10,7 @@ module was imported — Triton's interpreter, slow, meant for tests on machines 
 import torch
 
 from ..reference import relevance, soft_relevance
+from .cutmix import paste_boxes as _paste_boxes_op
 from .launch import interpreted
 from .loss import rankmixup_loss
 from .mix import _mix_kernel
@@ -38,6 +40,10 @@ class TritonBackend:
     @staticmethod
     def mix(x, lam, index):
         return _mix_op(x, lam, index)
+
+    @staticmethod
+    def paste_boxes(x, boxes, index):
+        return _paste_boxes_op(x, boxes, index)
 
     # (K, B) elementwise work, negligible on a GPU next to the loss: plain PyTorch suffices.
     relevance = staticmethod(relevance)

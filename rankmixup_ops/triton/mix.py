@@ -21,6 +21,14 @@ MAX_BLOCK = 2048
 
 
 @triton.jit
+def program_block(size, BLOCK: tl.constexpr):
+    """This program's block of positions along a row of ``size`` (grid axis 1), int64, and which
+    of them lie in the row."""
+    positions = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return positions, positions < size
+
+
+@triton.jit
 def _mix_kernel(
     x_ptr,
     lam_ptr,
@@ -38,8 +46,7 @@ def _mix_kernel(
 ):
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < features
+    cols, mask = program_block(features, BLOCK)
     x_b = tl.load(x_ptr + b * stride_x + cols, mask=mask).to(acc_ty)
     for k in range(num_mix):
         lam = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b).to(acc_ty)
@@ -67,8 +74,7 @@ def _mix_backward_kernel(
 ):
     acc_ty = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < features
+    cols, mask = program_block(features, BLOCK)
     total = tl.zeros([BLOCK], acc_ty)
     for k in range(num_mix):
         lam_b = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b).to(acc_ty)
@@ -90,6 +96,13 @@ def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """``t`` as ``(rows, F)`` with unit feature stride (a copy only when it cannot be a view)."""
     flat = t.reshape(rows, -1) if t.numel() else t.reshape(rows, 0)
     return flat if flat.stride(1) == 1 or flat.shape[1] <= 1 else flat.contiguous()
+
+
+def inverse_permutation(index: torch.Tensor) -> torch.Tensor:
+    """``inverse[k, index[k, b]] = b``, contiguous ``(K, B)``. A sort rather than a scatter:
+    whatever index holds (it is a permutation unless the caller lied), inverse stays in range
+    and nothing faults."""
+    return torch.argsort(index, dim=1).contiguous()
 
 
 @triton_op("rankmixup_triton::mix", mutates_args=())
@@ -126,9 +139,7 @@ def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> 
     num_mix, batch = index.shape
     g2 = _rows(grad, num_mix * batch)
     features = g2.shape[1]
-    # inverse[k, index[k, b]] = b. A sort rather than a scatter: whatever index holds (it is a
-    # permutation unless the caller lied), inverse stays in range and nothing faults.
-    inverse = torch.argsort(index, dim=1).contiguous()
+    inverse = inverse_permutation(index)
     out = torch.empty(batch, *grad.shape[1:], device=grad.device, dtype=grad.dtype)
     if features:
         config = mix_launch_config(features)
