@@ -4,13 +4,14 @@ hidden layer, and CutMix (sampling boxes, the paste op)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from . import _checks as check
-from ._types import MixupBatch, accumulation_dtype
+from . import reference
+from ._types import MixupBatch, accumulation_dtype, image_memory_format
 from .backends import resolve
 
 __all__ = ["sample_mixup", "mix", "mixup", "mix_at", "sample_cutmix", "paste_boxes", "cutmix"]
@@ -101,19 +102,78 @@ def mixup(
     num_mix: int = 3,
     alpha: float = 2.0,
     *,
+    cutmix_alpha: float = 0.0,
+    cutmix_minmax: tuple[float, float] | None = None,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
     per_sample: bool = False,
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> MixupBatch:
-    """Samples ``num_mix`` mixes of the batch ``x`` and builds them.
+    """Samples ``num_mix`` mixes of the batch ``x`` and builds them: mixup (``alpha > 0``),
+    CutMix (``cutmix_alpha > 0`` or ``cutmix_minmax``; ``x`` then ``(B, C, H, W)``), or both,
+    each mix one or the other, with timm's ``Mixup`` switching options.
 
     Returns ``MixupBatch(inputs, lam, index)``: ``inputs`` ``(K*B, *feat)`` mix-major, and the
-    ``lam``/``index`` the loss needs. The defaults are the paper's M-NDCG setting (K=3, alpha=2).
+    ``lam``/``index`` the loss needs (a CutMix's ``lam`` area-corrected, as :func:`cutmix`'s). The
+    defaults are the paper's M-NDCG setting (K=3, alpha=2, mixup only).
+
+    - ``cutmix_alpha``: CutMix's box size from ``Beta(cutmix_alpha, cutmix_alpha)``
+      (:func:`sample_cutmix`); 0 turns CutMix off.
+    - ``cutmix_minmax``: ``(low, high)`` with ``0 <= low < high <= 1``: box sides drawn uniformly
+      between these fractions of the image's, instead of from ``cutmix_alpha`` (turns CutMix on).
+    - ``prob``: the probability that a mix is applied; one that is not keeps ``lam = 1`` (its
+      rows are ``x`` itself).
+    - ``switch_prob``: with mixup and CutMix both on, the probability that a mix is a CutMix.
+    - ``per_sample``: coefficients, boxes and both choices drawn per mix and sample (timm's
+      ``mode="elem"``) rather than per mix (timm's ``mode="batch"``).
+
+    Everything is drawn on ``x.device`` from ``generator``, with no host synchronisation. When
+    both kinds can occur, the mixes are built as a mixup of every mix (coefficient 1 where it is
+    a CutMix) with the CutMix boxes pasted over it: three passes instead of one.
     """
-    check.floating("mixup", "x", x)
-    check.shape("mixup", "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
+    fn = "mixup"
+    check.floating(fn, "x", x)
+    check.shape(fn, "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
+    cutmix_alpha = check.real(fn, "cutmix_alpha", cutmix_alpha, low=0.0)
+    cutmix_minmax = cutmix_minmax_option(fn, "cutmix_minmax", cutmix_minmax)
+    prob = check.real(fn, "prob", prob, low=0.0, high=1.0)
+    switch_prob = check.real(fn, "switch_prob", switch_prob, low=0.0, high=1.0)
     lam, index = sample_mixup(x.shape[0], num_mix, alpha, per_sample=per_sample, device=x.device, generator=generator)
-    return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
+    with_cutmix = cutmix_alpha > 0 or cutmix_minmax is not None
+    if not with_cutmix and prob == 1.0:  # the paper's setting: no further draw
+        return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
+
+    draws = (num_mix, x.shape[0] if per_sample else 1)
+    applied = _coins(prob, draws, x.device, generator)
+    if not with_cutmix:
+        lam = torch.where(applied, lam, 1.0)
+        return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
+
+    _check_images(fn, x)
+    height, width = x.shape[2:]
+    boxes, cut_lam = _cutmix_boxes(height, width, draws, cutmix_alpha, cutmix_minmax, x.device, generator)
+    with_mixup = alpha > 0 and switch_prob < 1
+    is_cut = _coins(switch_prob if alpha > 0 else 1.0, draws, x.device, generator)
+    pasted = applied & is_cut
+    boxes = torch.where(pasted[..., None], boxes, 0).expand(*index.shape, 4).contiguous()  # empty: no paste
+    mix_lam = torch.where(applied & ~is_cut, lam, 1.0)
+    lam = torch.where(pasted, cut_lam, mix_lam).expand(index.shape).contiguous()
+    inputs = paste_boxes(x, boxes, index, backend=backend)
+    if with_mixup:
+        # The mixups, with the boxes pasted over them: outside a box paste_boxes' rows are x's,
+        # and so are a CutMix's mixup rows (coefficient 1).
+        inside = reference.box_mask(boxes, height, width).reshape(-1, 1, height, width)
+        mixed = mix(x, mix_lam, index, backend=backend)
+        inputs = torch.where(inside, inputs, mixed).contiguous(memory_format=image_memory_format(x))
+    return MixupBatch(inputs, lam, index)
+
+
+def _coins(p: float, shape: tuple[int, int], device: torch.device, generator) -> torch.Tensor:
+    """Bool draws of ``shape``, each True with probability ``p`` (none drawn for p = 0 or 1)."""
+    if p in (0.0, 1.0):
+        return torch.full(shape, p == 1.0, device=device)
+    return torch.rand(shape, device=device, generator=generator) < p
 
 
 @contextlib.contextmanager
@@ -171,6 +231,7 @@ def sample_cutmix(
     num_mix: int,
     alpha: float,
     *,
+    minmax: tuple[float, float] | None = None,
     per_sample: bool = False,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
@@ -186,6 +247,11 @@ def sample_cutmix(
     of the image the sample keeps after clipping, ``1 - box_area / (H * W)``; ``index`` ``(K, B)``
     int64, K uniform permutations (as :func:`sample_mixup` draws them).
 
+    With ``minmax = (low, high)`` (timm's ``cutmix_minmax``, ``0 <= low < high <= 1``) the box's
+    height and width are instead drawn uniformly from ``[floor(H * low), floor(H * high))`` and
+    likewise for the width (at least one value each), and its place uniformly among those inside
+    the image; ``alpha`` is not used then.
+
     Drawn on ``device`` (default: the generator's device, else the current default device) from
     ``generator`` when given, with no host synchronisation; a seeded generator reproduces the draw.
     """
@@ -195,19 +261,55 @@ def sample_cutmix(
     batch_size = check.integral(fn, "batch_size", batch_size, low=1)
     num_mix = check.integral(fn, "num_mix", num_mix, low=1)
     alpha = check.real(fn, "alpha", alpha)
-    if alpha <= 0:  # Beta(alpha, alpha) needs alpha > 0; unlike mixup, there is no "off" value
+    minmax = cutmix_minmax_option(fn, "minmax", minmax)
+    if alpha <= 0 and minmax is None:  # Beta(alpha, alpha) needs alpha > 0; no "off" value here
         raise ValueError(f"{fn}: alpha must be > 0, got {alpha}")
     per_sample = check.flag(fn, "per_sample", per_sample)
     device = _sampling_device(fn, device, generator)
 
     shape = (num_mix, batch_size if per_sample else 1)
-    cut_ratio = (1 - _beta(alpha, shape, device, generator).double()).sqrt()
-    rows = _box_sides(height, cut_ratio, torch.randint(height, shape, device=device, generator=generator))
-    cols = _box_sides(width, cut_ratio, torch.randint(width, shape, device=device, generator=generator))
-    boxes = torch.stack([*rows, *cols], dim=-1).expand(num_mix, batch_size, 4).contiguous()
+    boxes, lam = _cutmix_boxes(height, width, shape, alpha, minmax, device, generator)
+    return (boxes.expand(num_mix, batch_size, 4).contiguous(), lam.expand(num_mix, batch_size).contiguous(),
+            _permutations(num_mix, batch_size, device, generator))
+
+
+def _cutmix_boxes(height: int, width: int, shape: tuple[int, int], alpha: float, minmax, device, generator):
+    """``(boxes, lam)`` of ``shape`` CutMix draws (see :func:`sample_cutmix`): int64 ``(*shape, 4)``
+    and the float32 area-corrected coefficients."""
+    if minmax is None:
+        cut_ratio = (1 - _beta(alpha, shape, device, generator).double()).sqrt()
+        rows = _box_sides(height, cut_ratio, torch.randint(height, shape, device=device, generator=generator))
+        cols = _box_sides(width, cut_ratio, torch.randint(width, shape, device=device, generator=generator))
+    else:
+        rows = _minmax_sides(height, minmax, shape, device, generator)
+        cols = _minmax_sides(width, minmax, shape, device, generator)
+    boxes = torch.stack([*rows, *cols], dim=-1)
     area = (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
-    lam = (1 - area.double() / (height * width)).float()
-    return boxes, lam, _permutations(num_mix, batch_size, device, generator)
+    return boxes, (1 - area.double() / (height * width)).float()
+
+
+def _minmax_sides(size: int, minmax: tuple[float, float], shape, device, generator):
+    """First and one-past-last row (or column) of boxes whose side is uniform in
+    ``[floor(size * low), floor(size * high))`` (at least one value), placed uniformly inside."""
+    low = int(size * minmax[0])
+    high = max(int(size * minmax[1]), low + 1)
+    uniform = torch.rand((2, *shape), device=device, dtype=torch.float64, generator=generator)
+    cut = low + (uniform[0] * (high - low)).long()
+    start = (uniform[1] * (size - cut + 1)).long()
+    return start, start + cut
+
+
+def cutmix_minmax_option(fn: str, name: str, value) -> tuple[float, float] | None:
+    """None, or a checked ``(low, high)`` with ``0 <= low < high <= 1``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"{fn}: {name} must be None or a pair (low, high) of numbers, got {value!r}")
+    low = check.real(fn, f"{name}[0]", value[0], low=0.0, high=1.0)
+    high = check.real(fn, f"{name}[1]", value[1], low=0.0, high=1.0)
+    if not low < high:
+        raise ValueError(f"{fn}: {name} must have low < high, got {tuple(value)}")
+    return low, high
 
 
 def _box_sides(size: int, cut_ratio: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

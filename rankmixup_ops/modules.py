@@ -9,7 +9,7 @@ from . import _checks as check
 from ._types import LossOutput, MixupBatch
 from .backends import check_name
 from .functional import loss_call, loss_options
-from .mixup import mixup
+from .mixup import cutmix_minmax_option, mixup
 
 __all__ = ["RankMixupLoss", "Mixup"]
 
@@ -58,7 +58,9 @@ class RankMixupLoss(nn.Module):
 
 
 class Mixup(nn.Module):
-    """:func:`rankmixup_ops.mixup` as a module: ``Mixup(num_mix, alpha)(x) -> MixupBatch``.
+    """:func:`rankmixup_ops.mixup` as a module: ``Mixup(num_mix, alpha)(x) -> MixupBatch``, with
+    timm's switching options (``cutmix_alpha``, ``cutmix_minmax``, ``prob``, ``switch_prob``;
+    ``per_sample`` for timm's ``mode="elem"``), checked at construction.
 
     It mixes in training and in eval mode alike: RankMixup needs the mixes to compute its
     loss, and whether to compute a loss is the training loop's decision.
@@ -69,26 +71,42 @@ class Mixup(nn.Module):
         num_mix: int = 3,
         alpha: float = 2.0,
         *,
+        cutmix_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
         per_sample: bool = False,
         generator: torch.Generator | None = None,
         backend: str = "auto",
     ):
         super().__init__()
-        self.num_mix = check.integral("Mixup", "num_mix", num_mix, low=1)
-        self.alpha = check.real("Mixup", "alpha", alpha)
-        self.per_sample = check.flag("Mixup", "per_sample", per_sample)
+        fn = "Mixup"
+        self.num_mix = check.integral(fn, "num_mix", num_mix, low=1)
+        self.alpha = check.real(fn, "alpha", alpha)
+        self.cutmix_alpha = check.real(fn, "cutmix_alpha", cutmix_alpha, low=0.0)
+        self.cutmix_minmax = cutmix_minmax_option(fn, "cutmix_minmax", cutmix_minmax)
+        self.prob = check.real(fn, "prob", prob, low=0.0, high=1.0)
+        self.switch_prob = check.real(fn, "switch_prob", switch_prob, low=0.0, high=1.0)
+        self.per_sample = check.flag(fn, "per_sample", per_sample)
         self.generator = generator
-        self.backend = check_name("Mixup", backend)
+        self.backend = check_name(fn, backend)
 
     def forward(self, x: torch.Tensor) -> MixupBatch:
         return mixup(
             x,
             self.num_mix,
             self.alpha,
+            cutmix_alpha=self.cutmix_alpha,
+            cutmix_minmax=self.cutmix_minmax,
+            prob=self.prob,
+            switch_prob=self.switch_prob,
             per_sample=self.per_sample,
             generator=self.generator,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
-        return f"num_mix={self.num_mix}, alpha={self.alpha}, per_sample={self.per_sample}"
+        cutmix = f", cutmix_alpha={self.cutmix_alpha}, cutmix_minmax={self.cutmix_minmax}" if (
+            self.cutmix_alpha > 0 or self.cutmix_minmax is not None) else ""
+        return (f"num_mix={self.num_mix}, alpha={self.alpha}{cutmix}, prob={self.prob}, "
+                f"switch_prob={self.switch_prob}, per_sample={self.per_sample}")

@@ -19,6 +19,7 @@ from ._types import LossOptions, LossOutput, accumulation_dtype, image_memory_fo
 __all__ = [
     "mix",
     "paste_boxes",
+    "box_mask",
     "soft_targets",
     "relevance",
     "soft_relevance",
@@ -41,16 +42,21 @@ def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> to
     """``out[k*B + b]`` is ``x[b]`` with the part inside the image of the box ``boxes[k, b]``
     (top, bottom, left, right; half-open) taken from ``x[index[k, b]]`` (CutMix, SPEC §2)."""
     num_mix, batch = index.shape
-    height, width = x.shape[-2:]
-    top, bottom, left, right = (side[..., None] for side in boxes.unbind(-1))  # (K, B, 1) each
-    rows = torch.arange(height, device=x.device)
-    cols = torch.arange(width, device=x.device)
-    in_box = ((rows >= top) & (rows < bottom))[..., :, None] & ((cols >= left) & (cols < right))[..., None, :]
+    in_box = box_mask(boxes, *x.shape[-2:])
     # In the accumulation dtype, so that the gradient sums its terms there and rounds once.
     xa = x.to(accumulation_dtype(x.dtype))
     pasted = torch.where(in_box[:, :, None], xa[index], xa.unsqueeze(0))  # (K, B, C, H, W)
     out = pasted.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype)
     return out.contiguous(memory_format=image_memory_format(x))
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(K, B, H, W)`` bool: which pixels of a ``height x width`` image each box of ``boxes``
+    ``(K, B, 4)`` (top, bottom, left, right; half-open) covers."""
+    top, bottom, left, right = (side[..., None] for side in boxes.unbind(-1))  # (K, B, 1) each
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    return ((rows >= top) & (rows < bottom))[..., :, None] & ((cols >= left) & (cols < right))[..., None, :]
 
 
 def soft_targets(
