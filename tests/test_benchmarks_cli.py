@@ -68,3 +68,23 @@ def test_writes_plots_and_markdown(smoke_run):
     fused = {row["impl"] for row in json.loads(path.read_text())["rows"]} - {"reference"}
     assert stdout.startswith("Device: ")
     assert ("| case | pass | backend |" in stdout) == bool(fused)
+
+
+def test_cutmix_benchmark_runs_and_names_what_it_did_not_time(tmp_path):
+    """``python -m benchmarks.cutmix --smoke``: a row per implementation it timed; timm and
+    torchvision (benchmark-only dependencies) are timed or recorded as not installed."""
+    environ = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cutmix", "--smoke", "--out", str(tmp_path), "--markdown"],
+        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob("*-cutmix.json")
+    record = json.loads(path.read_text())
+    assert ENVIRONMENT_KEYS <= set(record["environment"])
+    timed = {row["impl"] for row in record["rows"]}
+    assert {"rankmixup_ops (reference)", "rankmixup_ops (cpu)"} <= timed
+    for other in ("timm", "torchvision"):
+        assert other in timed or record["not_timed"][other].startswith("not installed")
+    assert all(row["median_ms"] > 0 and row["reps"] >= 5 for row in record["rows"])
+    assert "| rankmixup_ops (cpu) |" in result.stdout
