@@ -173,3 +173,30 @@ def test_bad_options_are_refused(options, error, match):
 def test_cutmix_needs_images():
     with pytest.raises(ValueError, match="mixup: x must have shape \\(B, C, H, W\\)"):
         rmx.mixup(torch.randn(4, 7), 2, cutmix_alpha=1.0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_backend_builds_the_references_mixes(backend, channels_last):
+    """The draws do not depend on the backend; the mixes and their gradient must match the
+    reference's on each (forward within float32 rounding: mix computes in float32)."""
+    device = "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
+    status = rmx.available_backends()[backend]
+    if not status.available:
+        pytest.skip(status.reason)
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x = _images(channels_last=channels_last).float().to(device)
+    options = dict(alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5, prob=0.9, per_sample=True)
+    grad = torch.randn(3 * B, C, H, W, generator=gen(12)).to(device)
+    results = []
+    for name in (backend, "reference"):
+        leaf = x.detach().clone().requires_grad_()
+        generator = torch.Generator(device).manual_seed(SEED)
+        out = rmx.mixup(leaf, 3, generator=generator, backend=name, **options)
+        out.inputs.backward(grad)
+        results.append((out.inputs.detach(), out.lam, leaf.grad))
+    (got, got_lam, got_grad), (want, want_lam, want_grad) = results
+    assert torch.equal(got_lam, want_lam)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed {SEED}: {m}")
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {SEED}: {m}")
