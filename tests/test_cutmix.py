@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tolerances import gradient_tolerance
 
 import rankmixup_ops as rmx
@@ -146,6 +148,29 @@ def test_cutmix_public_call(backend_device):
     assert torch.equal(batch.lam.cpu(), lam) and torch.equal(batch.index.cpu(), index)
     assert batch.inputs.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch.inputs, reference.paste_boxes(x, boxes.to(device), index.to(device)))
+
+
+@st.composite
+def _paste_problems(draw):
+    """Any small shape and layout; boxes of any corners, inside, across or outside the image."""
+    batch, num_mix = draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    channels, height, width = draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    memory_format = draw(st.sampled_from(list(FORMATS.values())))
+    seed = draw(st.integers(0, 2**31 - 1))
+    x = _images(batch, torch.float32, memory_format, seed=seed, channels=channels, height=height, width=width)
+    span = max(height, width)
+    corners = st.lists(st.integers(-3, span + 3), min_size=4 * num_mix * batch, max_size=4 * num_mix * batch)
+    boxes = torch.tensor(draw(corners)).view(num_mix, batch, 4)
+    grad = torch.randn(num_mix * batch, channels, height, width, generator=_gen(seed + 1))
+    return x, boxes, _permutations(num_mix, batch, seed=seed), grad, image_memory_format(x)
+
+
+@pytest.mark.parametrize("name", [name for name in ("cpu", "triton") if rmx.available_backends()[name].available
+                                  and rmx.backends._load(name).unsupported(torch.device("cpu")) is None])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=_paste_problems())
+def test_paste_boxes_matches_reference_on_any_boxes(name, problem):
+    _assert_matches_reference(name, "cpu", *problem)
 
 
 def test_paste_boxes_hand_worked():
