@@ -156,7 +156,7 @@ print('build_info', _extension.build_info())
 EOF"
 
 GRAPHS_COMPILE=(tests/test_cuda_graphs.py tests/test_compile.py)
-pytest_stage kernels 150 -m "gpu and not slow" tests "${GRAPHS_COMPILE[@]/#/--ignore=}"
+pytest_stage kernels 240 -m "gpu and not slow" tests "${GRAPHS_COMPILE[@]/#/--ignore=}"
 pytest_stage graphs-compile 90 -m "gpu and not slow" "${GRAPHS_COMPILE[@]}"
 
 # The benchmark starts no new case after BENCH_S and needs up to 40 s to finish the one under
