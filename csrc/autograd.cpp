@@ -115,20 +115,31 @@ class MixFunction : public torch::autograd::Function<MixFunction> {
   }
 };
 
-// Differentiable in x; boxes and index are integers.
-class PasteBoxesFunction : public torch::autograd::Function<PasteBoxesFunction> {
+// An op linear in its first argument, grad or x, whose derivative there is another op: its
+// adjoint (paste_boxes and paste_boxes_backward are each other's, and so are mix_backward and
+// mix, lam fixed). Differentiable to any order in that argument; the second is boxes (integers)
+// or lam, the third index (integers).
+template <auto op, auto adjoint>
+class AdjointPairFunction : public torch::autograd::Function<AdjointPairFunction<op, adjoint>> {
  public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& boxes, const Tensor& index) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& coefficients, const Tensor& index) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({boxes, index});
-    return paste_boxes_op().call(x, boxes, index);
+    ctx->save_for_backward({coefficients, index});
+    return op().call(input, coefficients, index);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // mix's backward is not differentiated in lam: say so rather than return a zero.
+    TORCH_CHECK(!ctx->needs_input_grad(1),
+                "rankmixup: the derivative of mix's backward with respect to lam is not implemented");
     const variable_list saved = ctx->get_saved_variables();
-    return {paste_boxes_backward_op().call(grads[0], saved[0], saved[1]), Tensor(), Tensor()};
+    return {adjoint().call(grads[0], saved[0], saved[1]), Tensor(), Tensor()};
   }
 };
+
+using PasteBoxesFunction = AdjointPairFunction<&paste_boxes_op, &paste_boxes_backward_op>;
+using PasteBoxesBackwardFunction = AdjointPairFunction<&paste_boxes_backward_op, &paste_boxes_op>;
+using MixBackwardFunction = AdjointPairFunction<&mix_backward_op, &mix_op>;
 
 }  // namespace
 
@@ -149,8 +160,16 @@ Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index) {
   return MixFunction::apply(x, lam, index);
 }
 
+Tensor mix_backward_autograd(const Tensor& grad, const Tensor& lam, const Tensor& index) {
+  return MixBackwardFunction::apply(grad, lam, index);
+}
+
 Tensor paste_boxes_autograd(const Tensor& x, const Tensor& boxes, const Tensor& index) {
   return PasteBoxesFunction::apply(x, boxes, index);
+}
+
+Tensor paste_boxes_backward_autograd(const Tensor& grad, const Tensor& boxes, const Tensor& index) {
+  return PasteBoxesBackwardFunction::apply(grad, boxes, index);
 }
 
 // A piecewise-constant function of lam: its output never requires grad (the loss takes rel as a

@@ -58,6 +58,8 @@ LossKernelOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, 
 Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index);
 Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype);
 Tensor mix_autograd(const Tensor& x, const Tensor& lam, const Tensor& index);
+Tensor mix_backward_autograd(const Tensor& grad, const Tensor& lam, const Tensor& index);
 Tensor paste_boxes_autograd(const Tensor& x, const Tensor& boxes, const Tensor& index);
+Tensor paste_boxes_backward_autograd(const Tensor& grad, const Tensor& boxes, const Tensor& index);
 
 }  // namespace rankmixup

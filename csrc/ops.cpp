@@ -130,9 +130,11 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("mix", on(DispatchKey::Autograd, &rankmixup::mix_autograd));
 
   // d mix / d x: grad (K*B, *feat) -> (B, *feat), gathered through the inverse permutation.
+  // Differentiable in grad (its derivative is mix: double backward), not in lam.
   m.def("mix_backward(Tensor grad, Tensor lam, Tensor index) -> Tensor");
   m.impl("mix_backward", on(DispatchKey::CPU, &rankmixup::cpu::mix_backward_cpu));
   RANKMIXUP_IF_CUDA(m.impl("mix_backward", on(DispatchKey::CUDA, &rankmixup::cuda::mix_backward_cuda)));
+  m.impl("mix_backward", on(DispatchKey::Autograd, &rankmixup::mix_backward_autograd));
 
   // CutMix (SPEC §2): x (B, C, H, W), boxes int64 (K, B, 4) as (top, bottom, left, right),
   // half-open, index int64 (K, B) -> (K*B, C, H, W), x[b] with the part of box (k, b) inside the
@@ -143,11 +145,12 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("paste_boxes", on(DispatchKey::Autograd, &rankmixup::paste_boxes_autograd));
 
   // d paste_boxes / d x: grad (K*B, C, H, W) -> (B, C, H, W), gathered through the inverse
-  // permutation.
+  // permutation. Differentiable in grad (its derivative is paste_boxes: double backward).
   m.def("paste_boxes_backward(Tensor grad, Tensor boxes, Tensor index) -> Tensor");
   m.impl("paste_boxes_backward", on(DispatchKey::CPU, &rankmixup::cpu::paste_boxes_backward_cpu));
   RANKMIXUP_IF_CUDA(
       m.impl("paste_boxes_backward", on(DispatchKey::CUDA, &rankmixup::cuda::paste_boxes_backward_cuda)));
+  m.impl("paste_boxes_backward", on(DispatchKey::Autograd, &rankmixup::paste_boxes_backward_autograd));
 }
 
 namespace {

@@ -143,8 +143,11 @@ class CompiledBackend:
 
     @staticmethod
     def loss(logits, mix_logits, targets, rel, options: LossOptions) -> LossOutput:
-        # LossOptions holds the options in the operator's schema order.
-        loss, ce, rank, _, _ = _entry(logits, mix_logits, targets, rel).loss(logits, mix_logits, targets, rel, *options)
+        # LossOptions holds the options in the operator's schema order; a tensor subclass among
+        # the class weights, too, needs the torch.ops call.
+        entry = _entry(logits, mix_logits, targets, rel) if options.weight is None else _entry(
+            logits, mix_logits, targets, rel, options.weight)
+        loss, ce, rank, _, _ = entry.loss(logits, mix_logits, targets, rel, *options)
         return LossOutput(loss, ce, rank)
 
     @staticmethod

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from . import _checks as check
-from . import reference
 from ._types import MixupBatch, accumulation_dtype, image_memory_format
 from .backends import resolve
 
@@ -129,12 +128,19 @@ def mixup(
       ``mode="elem"``) rather than per mix (timm's ``mode="batch"``).
 
     Everything is drawn on ``x.device`` from ``generator``, with no host synchronisation. When
-    both kinds can occur, the mixes are built as a mixup of every mix (coefficient 1 where it is
-    a CutMix) with the CutMix boxes pasted over it: three passes instead of one.
+    both kinds can occur, every mix is built both ways (``mix`` and ``paste_boxes``) and each row
+    taken from the one of its kind: three passes instead of one. A channels-last ``x`` gives
+    channels-last mixes when CutMix is on (``paste_boxes`` keeps the layout), contiguous ones
+    from mixup alone (``mix``).
     """
     fn = "mixup"
     check.floating(fn, "x", x)
     check.shape(fn, "x", x, "(B, *feat) with B >= 1", x.dim() >= 1 and x.shape[0] >= 1)
+    # Checked here too, so that a bad one is named as an argument of this function.
+    num_mix = check.integral(fn, "num_mix", num_mix, low=1)
+    alpha = check.real(fn, "alpha", alpha)
+    per_sample = check.flag(fn, "per_sample", per_sample)
+    _sampling_device(fn, x.device, generator)
     cutmix_alpha = check.real(fn, "cutmix_alpha", cutmix_alpha, low=0.0)
     cutmix_minmax = cutmix_minmax_option(fn, "cutmix_minmax", cutmix_minmax)
     prob = check.real(fn, "prob", prob, low=0.0, high=1.0)
@@ -161,11 +167,13 @@ def mixup(
     lam = torch.where(pasted, cut_lam, mix_lam).expand(index.shape).contiguous()
     inputs = paste_boxes(x, boxes, index, backend=backend)
     if with_mixup:
-        # The mixups, with the boxes pasted over them: outside a box paste_boxes' rows are x's,
-        # and so are a CutMix's mixup rows (coefficient 1).
-        inside = reference.box_mask(boxes, height, width).reshape(-1, 1, height, width)
+        # Each mix (each row) is wholly one kind: the mixups' rows come from mix, the others
+        # (CutMixes, and mixes not applied: empty boxes) from paste_boxes, exactly x outside
+        # their boxes. (mix with coefficient 1 would turn a pixel NaN wherever the partner's is
+        # not finite, 0 * inf.)
+        is_mixup = (applied & ~is_cut).expand(index.shape).reshape(-1, *([1] * (x.dim() - 1)))
         mixed = mix(x, mix_lam, index, backend=backend)
-        inputs = torch.where(inside, inputs, mixed).contiguous(memory_format=image_memory_format(x))
+        inputs = torch.where(is_mixup, mixed, inputs).contiguous(memory_format=image_memory_format(x))
     return MixupBatch(inputs, lam, index)
 
 
@@ -260,10 +268,8 @@ def sample_cutmix(
     width = check.integral(fn, "width", width, low=1)
     batch_size = check.integral(fn, "batch_size", batch_size, low=1)
     num_mix = check.integral(fn, "num_mix", num_mix, low=1)
-    alpha = check.real(fn, "alpha", alpha)
     minmax = cutmix_minmax_option(fn, "minmax", minmax)
-    if alpha <= 0 and minmax is None:  # Beta(alpha, alpha) needs alpha > 0; no "off" value here
-        raise ValueError(f"{fn}: alpha must be > 0, got {alpha}")
+    alpha = _cutmix_alpha(fn, alpha) if minmax is None else check.real(fn, "alpha", alpha)
     per_sample = check.flag(fn, "per_sample", per_sample)
     device = _sampling_device(fn, device, generator)
 
@@ -358,11 +364,25 @@ def cutmix(
     ``x``'s memory format when that is channels-last; ``lam`` the area-corrected share of
     ``x[b]`` in each mix, which the loss takes as mixup's ``lam``.
     """
-    _check_images("cutmix", x)
+    fn = "cutmix"
+    _check_images(fn, x)
+    # Checked here too, so that a bad one is named as an argument of this function.
+    num_mix = check.integral(fn, "num_mix", num_mix, low=1)
+    alpha = _cutmix_alpha(fn, alpha)
+    per_sample = check.flag(fn, "per_sample", per_sample)
+    _sampling_device(fn, x.device, generator)
     batch, _, height, width = x.shape
     boxes, lam, index = sample_cutmix(height, width, batch, num_mix, alpha, per_sample=per_sample, device=x.device,
                                       generator=generator)
     return MixupBatch(paste_boxes(x, boxes, index, backend=backend), lam, index)
+
+
+def _cutmix_alpha(fn: str, alpha) -> float:
+    """A checked CutMix ``alpha``: Beta(alpha, alpha) needs alpha > 0 (no "off" value, unlike mixup's)."""
+    alpha = check.real(fn, "alpha", alpha)
+    if alpha <= 0:
+        raise ValueError(f"{fn}: alpha must be > 0, got {alpha}")
+    return alpha
 
 
 def _check_images(fn: str, x) -> None:

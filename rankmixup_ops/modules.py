@@ -54,7 +54,8 @@ class RankMixupLoss(nn.Module):
     def extra_repr(self) -> str:
         options = self.options
         margin = f", margin={options.margin}, score={options.score!r}" if options.mode == "mrl" else ""
-        return f"mode={options.mode!r}, alpha={options.alpha}{margin}, reduction={options.reduction!r}"
+        weighted = ", weight=(class weights)" if self.weight is not None else ""
+        return f"mode={options.mode!r}, alpha={options.alpha}{margin}, reduction={options.reduction!r}{weighted}"
 
 
 class Mixup(nn.Module):

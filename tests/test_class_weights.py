@@ -94,6 +94,25 @@ def test_backend_matches_reference(name, device, batch, num_mix, classes, mode, 
     close(got, want, rtol=1e-5 if dtype == torch.float32 else 1e-10)
 
 
+@pytest.mark.skipif(TRITON_REASON is not None, reason=str(TRITON_REASON))
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.125])
+def test_triton_weighted_chunks_match_reference(label_smoothing):
+    """Triton's chunked sweeps (block_c=8 over 37 classes) load the weights chunk by chunk."""
+    from rankmixup_ops.triton import loss as triton_loss
+
+    class Chunked:  # the Triton backend's loss, in chunks of 8 classes
+        @staticmethod
+        def loss(*args):
+            return triton_loss.rankmixup_loss(*args, block_c=8)
+
+    prob = problem(6, 3, 37, seed=14)
+    opts = options("mrl", "prob", "mean", alpha=0.25, label_smoothing=label_smoothing,
+                   weight=class_weights(37, seed=14))
+    got = run(Chunked, *prob, opts)
+    want = run(resolve("test", "reference", torch.device("cpu")), *prob, opts)
+    close(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name,device", BACKENDS)
 def test_narrow_dtypes_match_reference(name, device, dtype):

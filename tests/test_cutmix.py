@@ -341,9 +341,9 @@ BAD_INPUTS = [
     ("validate", _paste(validate=1), TypeError, "paste_boxes: validate must be a bool"),
     ("cutmix x", lambda backend: rmx.cutmix(torch.zeros(B, 3), backend=backend), ValueError, "cutmix: x must have shape"),
     ("cutmix alpha 0", lambda backend: rmx.cutmix(torch.zeros(B, C, H, W), alpha=0.0, backend=backend), ValueError,
-     "sample_cutmix: alpha must be > 0"),
+     "^cutmix: alpha must be > 0"),
     ("cutmix num_mix", lambda backend: rmx.cutmix(torch.zeros(B, C, H, W), 0, backend=backend), ValueError,
-     "sample_cutmix: num_mix must be >= 1"),
+     "^cutmix: num_mix must be >= 1"),
 ]
 
 

@@ -127,9 +127,9 @@ BAD_ARGUMENTS = [
     Case("mix lam shape", _mix(lam=torch.ones(K, B - 1)), ValueError, "mix", "lam"),
     Case("mix index device", _mix(index=torch.zeros(K, B, dtype=torch.int64, device=META)), ValueError, "mix", "index"),
     Case("mixup x list", _mixup([1.0, 2.0]), TypeError, "mixup", "x"),
-    Case("mixup num_mix", _mixup(None, 0), ValueError, "sample_mixup", "num_mix"),
-    Case("mixup alpha", _mixup(None, 2, math.nan), ValueError, "sample_mixup", "alpha"),
-    Case("mixup generator", _mixup(None, 2, 1.0, generator=0), TypeError, "sample_mixup", "generator"),
+    Case("mixup num_mix", _mixup(None, 0), ValueError, "mixup", "num_mix"),
+    Case("mixup alpha", _mixup(None, 2, math.nan), ValueError, "mixup", "alpha"),
+    Case("mixup generator", _mixup(None, 2, 1.0, generator=0), TypeError, "mixup", "generator"),
     Case("Mixup num_mix", _mixup_module(num_mix=0), ValueError, "Mixup", "num_mix"),
     Case("Mixup x", _mixup_module(x=torch.zeros(B, 3, dtype=torch.int64)), TypeError, "mixup", "x"),
 ]

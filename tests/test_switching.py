@@ -160,18 +160,20 @@ def test_module_forwards_the_options():
         (dict(cutmix_minmax=(0.5, 0.2)), ValueError, "cutmix_minmax must have low < high"),
         (dict(cutmix_minmax=(0.2, 1.5)), ValueError, r"cutmix_minmax\[1\] must be in \[0.0, 1.0\]"),
         (dict(prob="0.5"), TypeError, "prob must be a real number"),
+        (dict(per_sample=1), TypeError, "per_sample must be a bool"),
     ],
-    ids=["cutmix_alpha<0", "prob>1", "switch_prob<0", "minmax not a pair", "minmax reversed", "minmax>1", "prob str"],
+    ids=["cutmix_alpha<0", "prob>1", "switch_prob<0", "minmax not a pair", "minmax reversed", "minmax>1", "prob str",
+         "per_sample int"],
 )
 def test_bad_options_are_refused(options, error, match):
-    with pytest.raises(error, match=f"mixup: {match}"):
+    with pytest.raises(error, match=f"^mixup: {match}"):
         rmx.mixup(_images(), 2, **options)
-    with pytest.raises(error, match=f"Mixup: {match}"):
+    with pytest.raises(error, match=f"^Mixup: {match}"):
         rmx.Mixup(2, **options)
 
 
 def test_cutmix_needs_images():
-    with pytest.raises(ValueError, match="mixup: x must have shape \\(B, C, H, W\\)"):
+    with pytest.raises(ValueError, match="^mixup: x must have shape \\(B, C, H, W\\)"):
         rmx.mixup(torch.randn(4, 7), 2, cutmix_alpha=1.0)
 
 
@@ -200,3 +202,13 @@ def test_every_backend_builds_the_references_mixes(backend, channels_last):
     assert torch.equal(got_lam, want_lam)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed {SEED}: {m}")
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {SEED}: {m}")
+
+
+def test_a_cutmix_row_keeps_x_where_the_partner_is_not_finite():
+    """With both kinds on, a CutMix row outside its box is x[b] exactly, even where the partner
+    holds inf (a mixup coefficient of 1 there would make those pixels 0 * inf = NaN)."""
+    x = _images(8, seed=15)
+    x[3, :, 0, 0] = float("inf")
+    out = rmx.mixup(x, 40, alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5, per_sample=True, generator=gen(16))
+    assert "cutmix" in _kinds(out, x)  # each CutMix row: x[b] but for one rectangle of the partner
+    assert not out.inputs.isnan().any(), f"seed {SEED}"

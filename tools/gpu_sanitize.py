@@ -1,8 +1,8 @@
 """Runs a small workload of the CUDA backend under compute-sanitizer and fails on any report.
 
 Every path of the kernels runs at least once (narrow and block-wide row teams, vector and
-element-wise loads, ignored samples, many mixes, every reduction, float32 and bfloat16, the mix
-and its gather-based backward) under memcheck (out-of-bounds and misaligned accesses) and
+element-wise loads, ignored samples, many mixes, every reduction, float32 and bfloat16, class
+weights, the mix and the CutMix paste with their gather-based backwards) under memcheck (out-of-bounds and misaligned accesses) and
 racecheck (shared-memory hazards), then initcheck (reads of uninitialised global memory) and
 synccheck (barrier misuse) while the time budget lasts. Only the kernels of this package are
 instrumented; PyTorch's caching allocator is switched off so that memcheck sees every tensor's
@@ -78,12 +78,15 @@ def workload() -> None:
             mix_logits = randn(num_mix * batch, classes, dtype=dtype)
             if dtype == torch.bfloat16:  # column stride != 1: element-wise loads even where C allows vectors
                 mix_logits = mix_logits.t().contiguous().t()
-            for mode, score in (("mrl", "logit"), ("mrl", "prob"), ("mndcg", "prob")):
-                for reduction in ("mean", "sum", "none"):
-                    raw, mixed = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-                    options = LossOptions(mode, score, 1.0, 0.5, 1.0, -100, 0.1, reduction)
-                    out = cuda.loss(raw, mixed, targets, rel, options)
-                    out.loss.backward(torch.rand_like(out.loss))
+            # Class weights (their ATen sums, the per-class constant) on float32 logits.
+            class_weights = [None] + ([torch.rand(classes, generator=gen).cuda() + 0.5] if dtype == torch.float32 else [])
+            for weight in class_weights:
+                for mode, score in (("mrl", "logit"), ("mrl", "prob"), ("mndcg", "prob")):
+                    for reduction in ("mean", "sum", "none"):
+                        raw, mixed = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
+                        options = LossOptions(mode, score, 1.0, 0.5, 1.0, -100, 0.1, reduction, weight)
+                        out = cuda.loss(raw, mixed, targets, rel, options)
+                        out.loss.backward(torch.rand_like(out.loss))
 
     for batch, num_mix, feat in [(8, 3, (3, 8, 8)), (5, 2, (7,))]:  # vector and element-wise rows
         index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)]).cuda()
@@ -91,6 +94,16 @@ def workload() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             x = randn(batch, *feat, dtype=dtype).requires_grad_()
             out = cuda.mix(x, lam, index)
+            out.backward(torch.randn_like(out))
+
+    # CutMix: boxes inside, across and outside the image, contiguous and channels-last images.
+    batch, num_mix, height, width = 6, 3, 9, 13
+    index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)]).cuda()
+    boxes = torch.randint(-4, 17, (num_mix, batch, 4), generator=gen).sort(dim=-1).values[..., [0, 2, 1, 3]].cuda()
+    for dtype in (torch.float32, torch.bfloat16):
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = randn(batch, 3, height, width, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
+            out = cuda.paste_boxes(x, boxes, index)
             out.backward(torch.randn_like(out))
     torch.cuda.synchronize()
 

@@ -108,7 +108,7 @@ struct GradOut {
 
 template <class scalar_t>
 void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                 const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index,
+                 const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index, bool smoothing,
                  const ClassWeights<at::opmath_type<scalar_t>>& weights, PerSample<at::opmath_type<scalar_t>>& out,
                  Tensor& coefs, Tensor& argmaxes, GradOut<at::opmath_type<scalar_t>> grad) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -128,7 +128,7 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
   const bool by_block = kFloatRows && num_classes <= kBlockRows;
   const bool weighted = weights.data != nullptr;
   // The weighted logit sum only where the smoothing term reads it (and 0 * -inf cannot reach it).
-  const bool weighted_smoothing = weighted && cfg.label_smoothing > acc_t(0);
+  const bool weighted_smoothing = weighted && smoothing;
 
   at::parallel_for(0, batch, std::max<int64_t>(1, kGrainElements / ((num_mix + 1) * num_classes)),
                    [&](int64_t begin, int64_t end) {
@@ -253,8 +253,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     PerSample<acc_t> per(batch);
     GradOut<acc_t> grad;
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
-    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, weights, per, coefs, argmaxes,
-                          grad);
+    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, smooths_labels(options), weights,
+                          per, coefs, argmaxes, grad);
 
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* ce_out = ce.data_ptr<acc_t>();

@@ -349,7 +349,7 @@ WeightSums weight_sums(const Tensor& weight, const Tensor& logits, const Tensor&
                        const LossOptions& options) {
   WeightSums sums;
   sums.total = weight.sum();
-  if (options.label_smoothing > 0) sums.weighted_logit_sums = at::mv(logits.to(weight.scalar_type()), weight);
+  if (smooths_labels(options)) sums.weighted_logit_sums = at::mv(logits.to(weight.scalar_type()), weight);
   if (options.reduction == Reduction::kMean) {
     const Tensor valid = targets.ne(options.ignore_index);
     // Out-of-range labels gather a clamped class (their samples' losses are NaN anyway).

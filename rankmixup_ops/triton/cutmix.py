@@ -148,3 +148,12 @@ def _backward(ctx, grad):
 
 
 paste_boxes.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _backward_of_backward(ctx, grad):
+    """paste_boxes_backward is paste_boxes' adjoint, so its derivative is paste_boxes (double backward)."""
+    boxes, index = ctx.saved_tensors
+    return paste_boxes(grad, boxes, index), None, None
+
+
+paste_boxes_backward.register_autograd(_backward_of_backward, setup_context=_setup_context)

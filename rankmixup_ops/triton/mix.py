@@ -184,3 +184,18 @@ def _backward(ctx, grad):
 
 
 mix.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _save_pairing(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[1:])  # lam, index
+
+
+def _backward_of_backward(ctx, grad):
+    """mix_backward is mix's adjoint in grad, so its derivative there is mix (double backward)."""
+    if ctx.needs_input_grad[1]:  # an error, not a silent zero
+        raise RuntimeError("rankmixup: the derivative of mix's backward with respect to lam is not implemented")
+    lam, index = ctx.saved_tensors
+    return mix(grad, lam, index), None, None
+
+
+mix_backward.register_autograd(_backward_of_backward, setup_context=_save_pairing)

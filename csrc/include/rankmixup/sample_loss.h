@@ -35,6 +35,9 @@ struct LossOptions {
   Reduction reduction;
 };
 
+// Whether the CE has a smoothing term (the only part that reads a row's logit sum).
+RANKMIXUP_HD bool smooths_labels(const LossOptions& options) { return options.label_smoothing > 0.0; }
+
 template <class T>
 struct LossConfig {
   Mode mode;
