@@ -225,36 +225,6 @@ def test_opcheck_loss_backward(device, reduction, weighted):
                           (grad_loss, *args[:3], row_coefs, row_argmax, -100, args[-1]))
 
 
-@pytest.mark.parametrize("op", ["mix", "paste_boxes"])
-def test_double_backward_matches_reference(backend, device, op):
-    """create_graph=True: the backward ops are differentiable (each one's derivative is its
-    forward op), so a gradient penalty through a mix gets the reference's second derivative."""
-    g = gen(31)
-    x = torch.randn(5, 2, 4, 6, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    index = torch.stack([torch.randperm(5, generator=g) for _ in range(3)]).to(device)
-    if op == "mix":
-        pairing = torch.rand(3, 5, generator=g, dtype=torch.float64).to(device)
-    else:
-        pairing = torch.randint(-2, 9, (3, 5, 4), generator=g).sort(dim=-1).values[..., [0, 2, 1, 3]].to(device)
-
-    def second_derivative(fn):
-        (grad,) = torch.autograd.grad(fn(x, pairing, index).pow(2).sum(), x, create_graph=True)
-        return torch.autograd.grad(grad.pow(2).sum(), x)[0]
-
-    want = second_derivative(getattr(reference, op))
-    torch.testing.assert_close(second_derivative(getattr(backend, op)), want, rtol=1e-12, atol=1e-12)
-    assert want.abs().max() > 0
-
-
-def test_double_backward_through_lam_is_refused(backend, device):
-    """mix's backward is not differentiated in lam: an error, not a silent zero."""
-    x, lam, index = mix_problem(4, 2, (3,), per_sample=True, seed=32, device=device)
-    x, lam = x.double().requires_grad_(), lam.double().requires_grad_()
-    (grad_x,) = torch.autograd.grad(backend.mix(x, lam, index).pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="derivative of mix's backward with respect to lam is not implemented"):
-        torch.autograd.grad(grad_x.sum(), lam)
-
-
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_opcheck_mix(device, per_sample):
     x, lam, index = mix_problem(5, 3, (2, 3), per_sample=per_sample, seed=13, device=device)

@@ -334,22 +334,3 @@ def test_compiled_training_step_has_no_graph_breaks():
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
 
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["mix", "paste_boxes"])
-def test_double_backward_matches_reference(device, op):
-    """create_graph=True: the backward ops are differentiable (each one's derivative is its forward op)."""
-    gen = torch.Generator().manual_seed(31)
-    x = torch.randn(5, 2, 4, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
-    index = torch.stack([torch.randperm(5, generator=gen) for _ in range(3)]).to(device)
-    if op == "mix":
-        pairing = torch.rand(3, 5, generator=gen, dtype=torch.float64).to(device)
-    else:
-        pairing = torch.randint(-2, 9, (3, 5, 4), generator=gen).sort(dim=-1).values[..., [0, 2, 1, 3]].to(device)
-
-    def second_derivative(fn):
-        (grad,) = torch.autograd.grad(fn(x, pairing, index).pow(2).sum(), x, create_graph=True)
-        return torch.autograd.grad(grad.pow(2).sum(), x)[0]
-
-    want = second_derivative(getattr(reference, op))
-    torch.testing.assert_close(second_derivative(getattr(BACKEND, op)), want, rtol=1e-12, atol=1e-12)
