@@ -95,6 +95,10 @@ def loss_problems(everything: bool):
         args = (logits, mix_logits, targets, rel, mode, score, -100, 1.0, 0.1, 2.0, smoothing, need_grad, 0)
         name = f"loss {str(dtype)[6:]} K={k} C={c} {mode}/{score} ls={smoothing} grad={need_grad}"
         yield main, name, lambda args=args: _run_loss(args)
+        if main and k == 3:  # class weights (and a weighted mean's CE factor): more loads per chunk
+            acc = rel.dtype
+            weighted = (*args, torch.ones(c, dtype=acc), torch.ones((), dtype=acc))
+            yield main, f"{name} weighted", lambda args=weighted: _run_loss(args)
 
 
 def _run_loss(args):
