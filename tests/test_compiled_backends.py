@@ -32,6 +32,7 @@ from backend_cases import (
 )
 
 from rankmixup_ops import reference
+from rankmixup_ops._types import LossOptions
 from rankmixup_ops.backends import BackendUnavailable
 
 try:
@@ -223,6 +224,28 @@ def test_opcheck_loss_backward(device, reduction, weighted):
     grad_loss = torch.rand(5, device=device) if reduction == "none" else torch.tensor(1.5, device=device)
     torch.library.opcheck(torch.ops.rankmixup.loss_backward.default,
                           (grad_loss, *args[:3], row_coefs, row_argmax, -100, args[-1]))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
+def test_loss_backward_at_large_logits(device, weighted):
+    """The two-pass backward (loss, then loss_backward, which float16 and bfloat16 take) in
+    float32, at logits near +-2e4: from the stored row max it computes exp(z - max), as the
+    forward does; exp(z - lse) from a float32 log-sum-exp would be off by 1e-3 relative here."""
+    args = list(loss_args("mean", requires_grad=False, weighted=weighted, device=device))
+    for i in (0, 1):
+        signs = torch.where(torch.rand(args[i].shape[0], 1, generator=gen(19 + i)) < 0.5, -1.0, 1.0)
+        args[i] = args[i] + 2e4 * signs.to(device)
+    _, _, _, row_coefs, row_argmax = torch.ops.rankmixup.loss(*args)
+    grads = torch.ops.rankmixup.loss_backward(torch.tensor(1.0, device=device), *args[:3], row_coefs, row_argmax,
+                                              -100, args[-1])
+    wide = [t.double().requires_grad_() for t in args[:2]]
+    weight = None if args[-1] is None else args[-1].double()
+    expected = reference.rankmixup_loss_from_relevance(*wide, args[2], args[3].double(),
+                                                       LossOptions(*args[4:-1], weight))
+    expected = torch.autograd.grad(expected.loss, wide)
+    for name, got, want in zip(("grad_logits", "grad_mix_logits"), grads, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item(),
+                                   msg=lambda m: f"{name} (seed {SEED}): {m}")
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

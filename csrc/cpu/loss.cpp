@@ -166,7 +166,7 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
         const int64_t target = y[b * targets.stride(0)];
         if (target == ignore_index) {  // whatever was scanned, its gradient is exactly 0
           for (int64_t r = 0; r <= num_mix; ++r) {
-            pack_row(RowGrad<acc_t>{}, acc_t(0), coef + (r * batch + b) * kRowCoefs);
+            pack_ignored_row(coef + (r * batch + b) * kRowCoefs);
             argmax[r * batch + b] = 0;
             if (grad.wanted()) std::fill_n(grad_row(b, r), num_classes, acc_t(0));
           }
@@ -200,7 +200,7 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
         out.ce[b] = loss.ce;
         out.rank[b] = loss.rank;
         for (int64_t r = 0; r <= num_mix; ++r) {
-          pack_row(grads[r], stats[r].lse(), coef + (r * batch + b) * kRowCoefs);
+          pack_row(grads[r], stats[r], coef + (r * batch + b) * kRowCoefs);
           argmax[r * batch + b] = stats[r].argmax;
           if (acc_t* row = grad_row(b, r)) {
             acc_t class_constant;
@@ -309,17 +309,17 @@ void loss_backward_kernel(const Tensor& grad_loss, const Tensor& logits, const T
           std::fill_n(out, num_classes, scalar_t(0));
           continue;
         }
-        acc_t lse, class_constant;
+        acc_t row_max, class_constant;
         const RowGrad<acc_t> row_grad = without_class_constant(
             unpack_row(coef + (r * batch + b) * kRowCoefs, argmax[r * batch + b], r == 0 ? target : -1,
-                       g[per_sample ? b : 0], &lse),
+                       g[per_sample ? b : 0], &row_max),
             class_weights != nullptr && r == 0, &class_constant);
         const acc_t* z = r == 0 ? raw_rows.row(b, scratch.data()) : mix_rows.row((r - 1) * batch + b, scratch.data());
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          write_grad_row(z, num_classes, lse, row_grad, out);
+          write_grad_row(z, num_classes, row_max, row_grad, out);
           if (class_constant != acc_t(0)) add_class_constant(out, num_classes, class_constant, class_weights);
         } else {
-          write_grad_row(z, num_classes, lse, row_grad, grad_scratch.data());
+          write_grad_row(z, num_classes, row_max, row_grad, grad_scratch.data());
           if (class_constant != acc_t(0)) {
             add_class_constant(grad_scratch.data(), num_classes, class_constant, class_weights);
           }

@@ -346,8 +346,8 @@ template <class T, class F>
 }
 
 template <class T>
-[[gnu::always_inline]] inline void write_grad_row_body(const T* z, int64_t n, T lse, const RowGrad<T>& g, T* out) {
-  grad_row(z, n, g.scale_p, g, out, [lse](auto x) __attribute__((always_inline)) { return exp_nonpositive(x - lse); });
+[[gnu::always_inline]] inline void write_grad_row_body(const T* z, int64_t n, T max, const RowGrad<T>& g, T* out) {
+  grad_row(z, n, g.scale_p, g, out, [max](auto x) __attribute__((always_inline)) { return exp_nonpositive(x - max); });
 }
 
 template <class T>
@@ -382,8 +382,8 @@ RANKMIXUP_ISA_CLONES void scan_row_block(const float* z, int64_t rows, int64_t n
   }
 }
 
-RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out) {
-  write_grad_row_body(z, n, lse, g, out);
+RANKMIXUP_ISA_CLONES void write_grad_row(const float* z, int64_t n, float max, const RowGrad<float>& g, float* out) {
+  write_grad_row_body(z, n, max, g, out);
 }
 
 RANKMIXUP_ISA_CLONES void finish_grad_row(const float* exps, int64_t n, const RowStats<float>& stats,
@@ -410,8 +410,8 @@ RowScan<double> scan_row(const double* z, int64_t n, double* exps, const double*
   return scan_row_body(z, n, exps, next_row);
 }
 
-void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out) {
-  write_grad_row_body(z, n, lse, g, out);
+void write_grad_row(const double* z, int64_t n, double max, const RowGrad<double>& g, double* out) {
+  write_grad_row_body(z, n, max, g, out);
 }
 
 void finish_grad_row(const double* exps, int64_t n, const RowStats<double>& stats, const RowGrad<double>& g,

@@ -40,9 +40,10 @@ constexpr int64_t kBlockRows = 16;
 // finish_grad_row does not read them).
 void scan_row_block(const float* z, int64_t rows, int64_t n, float* exps, RowScan<float>* out);
 
-// out[c] = d loss / d z_c for the row z[0..n) with log-sum-exp `lse` (see RowGrad).
-void write_grad_row(const float* z, int64_t n, float lse, const RowGrad<float>& g, float* out);
-void write_grad_row(const double* z, int64_t n, double lse, const RowGrad<double>& g, double* out);
+// out[c] = d loss / d z_c for the row z[0..n) with maximum `max`, g.scale_p applying to
+// exp(z_c - max) as unpack_row gives it (sample_loss.h).
+void write_grad_row(const float* z, int64_t n, float max, const RowGrad<float>& g, float* out);
+void write_grad_row(const double* z, int64_t n, double max, const RowGrad<double>& g, double* out);
 
 // The same gradient from the exps scan_row left and the row's statistics, without a second
 // exp per logit; `out` may be `exps` itself. A poisoned row gets NaN everywhere, as

@@ -63,15 +63,15 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_backward_kernel(const Back
   }
   const scalar_t* in = raw ? a.logits + b * a.logits_row_stride : a.mix + (row - a.batch) * a.mix_row_stride;
   const int64_t col_stride = raw ? a.logits_col_stride : a.mix_col_stride;
-  acc_t lse;
+  acc_t row_max;
   const RowGrad<acc_t> grad = unpack_row(a.row_coefs + row * kRowCoefs, a.row_argmax[row], raw ? target : -1,
-                                         a.grad_loss[a.per_sample ? b : 0], &lse);
+                                         a.grad_loss[a.per_sample ? b : 0], &row_max);
   for_each_chunk<V>(a.classes, lane, lanes, [&](int64_t c, auto width) {
     constexpr int N = decltype(width)::value;
     Array<acc_t, N> g = load<N, acc_t>(in + c * col_stride);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      g[j] = grad.at(exp_(g[j] - lse), c + j, raw && a.weight ? a.weight[c + j] : acc_t(1));
+      g[j] = grad.at(exp_(g[j] - row_max), c + j, raw && a.weight ? a.weight[c + j] : acc_t(1));
     }
     store<N>(out + c, g);
   });

@@ -245,9 +245,12 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     }
     for (int64_t r = 0; r < rows_per_sample; ++r) {
       const int64_t row = r * a.batch + b;
-      // An ignored sample's rows get exact zeros (log-sum-exp 0, argmax 0), as on the CPU.
-      pack_row(valid ? sample_grads[r] : RowGrad<acc_t>{}, valid ? sample_stats[r].lse() : acc_t(0),
-               a.row_coefs + row * kRowCoefs);
+      // An ignored sample's rows get exact zeros (every coefficient 0, argmax 0), as on the CPU.
+      if (valid) {
+        pack_row(sample_grads[r], sample_stats[r], a.row_coefs + row * kRowCoefs);
+      } else {
+        pack_ignored_row(a.row_coefs + row * kRowCoefs);
+      }
       a.row_argmax[row] = valid ? sample_stats[r].argmax : 0;
     }
     if (a.loss) {

@@ -70,7 +70,7 @@ void test_vector_exp() {
   expect_near(static_cast<double>(scan.stats.argmax), 1, 0, "scan_row argmax");
   expect_near(scan.sum, 5.5, 1e-7, "scan_row sum");
   z[2] = NAN;
-  expect_near(std::isnan(cpu::scan_row(z.data(), 5).stats.lse()), 1, 0, "non-finite row poisons lse");
+  expect_near(std::isnan(cpu::scan_row(z.data(), 5).stats.max), 1, 0, "non-finite row poisons its max");
   // Rows of one partial pack and of several packs with a masked class (-inf), signed zeros as
   // the tied max, and a non-finite value in the last pack (poisons) or in a whole one.
   for (int n : {5, 40}) {
@@ -85,11 +85,11 @@ void test_vector_exp() {
       for (int at : {0, n - 1}) {
         std::vector<float> poisoned = row;
         poisoned[at] = bad;
-        expect_near(std::isnan(cpu::scan_row(poisoned.data(), n).stats.lse()), 1, 0, "NaN/+inf poisons the row");
+        expect_near(std::isnan(cpu::scan_row(poisoned.data(), n).stats.max), 1, 0, "NaN/+inf poisons the row");
       }
     }
     const std::vector<float> all_masked(n, -std::numeric_limits<float>::infinity());
-    expect_near(std::isnan(cpu::scan_row(all_masked.data(), n).stats.lse()), 1, 0, "an all--inf row poisons");
+    expect_near(std::isnan(cpu::scan_row(all_masked.data(), n).stats.max), 1, 0, "an all--inf row poisons");
   }
 #ifdef RANKMIXUP_FLOAT_PACKS
   // The pack exp is the scalar one, lane by lane.
@@ -123,7 +123,9 @@ void test_vector_exp() {
     g.argmax = stored.stats.argmax;
     g.target = n / 3;
     cpu::finish_grad_row(exps.data(), n, stored.stats, g, from_exps.data());
-    cpu::write_grad_row(row.data(), n, stored.stats.lse(), g, recomputed.data());
+    RowGrad<float> per_exp = g;  // the backward's scale_p applies to exp(z - max) (pack_row)
+    per_exp.scale_p = g.scale_p / stored.stats.sumexp;
+    cpu::write_grad_row(row.data(), n, stored.stats.max, per_exp, recomputed.data());
     for (int c = 0; c < n; ++c) {
       expect_near(from_exps[c], recomputed[c], 1e-6, "finish_grad_row vs write_grad_row");
       // The point terms land where they belong, whether in a whole pack or in the last one.
@@ -234,18 +236,18 @@ void test_gradients(std::mt19937& rng, Mode mode, Score score, std::vector<doubl
   for (int64_t r = 0; r <= s.num_mix; ++r) {
     for (int64_t c = 0; c < s.classes; ++c) {
       const int64_t i = r * s.classes + c;
-      const double p = std::exp(z[i] - stats[r].lse());
+      const double e = std::exp(z[i] - stats[r].max);  // exp(z - max), as the backward takes it
       std::vector<double> up = z, down = z;
       up[i] += 1e-6;
       down[i] -= 1e-6;
       const double numeric = (s.loss(up, nullptr, nullptr) - s.loss(down, nullptr, nullptr)) / 2e-6;
       // Packing for the backward and unpacking with grad_output = 1 changes nothing.
-      double packed[kRowCoefs], lse;
-      pack_row(grads[r], stats[r].lse(), packed);
-      const RowGrad<double> g = unpack_row(packed, grads[r].argmax, grads[r].target, 1.0, &lse);
+      double packed[kRowCoefs], row_max;
+      pack_row(grads[r], stats[r], packed);
+      const RowGrad<double> g = unpack_row(packed, grads[r].argmax, grads[r].target, 1.0, &row_max);
       // A raw row's constant is per class: times w_c (sample_loss.h).
       const double class_weight = r == 0 ? s.weight(c) : 1.0;
-      expect_near(g.at(p, c, class_weight), numeric, 1e-6, mode == Mode::kMrl ? "MRL gradient" : "M-NDCG gradient");
+      expect_near(g.at(e, c, class_weight), numeric, 1e-6, mode == Mode::kMrl ? "MRL gradient" : "M-NDCG gradient");
     }
   }
 }

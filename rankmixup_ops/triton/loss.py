@@ -66,10 +66,12 @@ def _online_softmax(z, cols, row_max, row_arg, row_sum):
 
 
 @triton.jit
-def _store_grad(out_ptrs, z, cols, num_classes, lse, row_arg, p_coef, m_coef, u_term, t_coef, target, store_rows):
-    """``grad = P * softmax + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows
-    (``u_term`` the constant term, per row or per row and class)."""
-    grad = p_coef[:, None] * tl.exp(z - lse[:, None]) + u_term
+def _store_grad(out_ptrs, z, cols, num_classes, row_max, row_arg, e_coef, m_coef, u_term, t_coef, target,
+                store_rows):
+    """``grad = E * exp(z - max) + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows
+    (``E`` the softmax's coefficient over the row's sumexp, ``u_term`` the constant term, per row
+    or per row and class). Not ``exp(z - lse)``: a float log-sum-exp is off by eps * |max|."""
+    grad = e_coef[:, None] * tl.exp(z - row_max[:, None]) + u_term
     grad += tl.where(cols[None, :] == row_arg[:, None], m_coef[:, None], 0.0)
     grad += tl.where(cols[None, :] == target, t_coef[:, None], 0.0)
     mask = store_rows[:, None] & (cols < num_classes)[None, :]
@@ -162,9 +164,7 @@ def _fused_loss_kernel(
     label_ok = (target >= 0) & (target < num_classes)
     raw_sum = tl.where((raw_max == float("-inf")) | (valid & ~label_ok), float("nan"), raw_sum)
     mix_sum = tl.where(mix_max == float("-inf"), float("nan"), mix_sum)
-    raw_lse = raw_max + tl.log(raw_sum)
-    mix_lse = mix_max + tl.log(mix_sum)
-    raw_conf = 1.0 / raw_sum  # max softmax = exp(max - lse)
+    raw_conf = 1.0 / raw_sum  # max softmax = exp(max - max) / sumexp
     mix_conf = 1.0 / mix_sum
 
     # CE of the raw row, as F.cross_entropy (class weights and label smoothing included):
@@ -256,11 +256,11 @@ def _fused_loss_kernel(
                 raw_u_term = raw_u[:, None] * w[None, :]
             else:
                 raw_u_term = raw_u[:, None]
-            _store_grad(raw_out, z, cols, num_classes, raw_lse, raw_arg, raw_p, raw_m, raw_u_term, raw_t, target,
-                        one == 0)
+            _store_grad(raw_out, z, cols, num_classes, raw_max, raw_arg, raw_p * raw_conf, raw_m, raw_u_term, raw_t,
+                        target, one == 0)
             z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
-            _store_grad(mix_out, z, cols, num_classes, mix_lse, mix_arg, mix_p, mix_m, no_term[:, None], no_term, -1,
-                        is_mix)
+            _store_grad(mix_out, z, cols, num_classes, mix_max, mix_arg, mix_p * mix_conf, mix_m, no_term[:, None],
+                        no_term, -1, is_mix)
 
 
 @triton.jit

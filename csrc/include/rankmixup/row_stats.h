@@ -1,7 +1,7 @@
 // Softmax statistics of one logit row: everything the losses need to know about a row, in
-// three numbers. conf = max softmax = exp(max - max) / sumexp = 1 / sumexp, and
-// log-sum-exp = max + log(sumexp); the softmax itself is exp(z - lse) (or the stored
-// exp(z - max) / sumexp).
+// three numbers. conf = max softmax = exp(max - max) / sumexp = 1 / sumexp, and the softmax
+// is exp(z - max) / sumexp: computed so, never as exp(z - lse), whose float log-sum-exp
+// max + log(sumexp) loses eps * |max| (see pack_row in sample_loss.h).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +17,6 @@ struct RowStats {
   int64_t argmax = 0;  // lowest index holding max (SPEC §4)
   T sumexp = T(0);     // sum_c exp(z_c - max)
 
-  RANKMIXUP_HD T lse() const { return max + log_(sumexp); }
   RANKMIXUP_HD T confidence() const { return T(1) / sumexp; }
 
   // Online update with element z at column c; columns must arrive in increasing order.

@@ -223,23 +223,33 @@ RANKMIXUP_HD SampleLoss<T> sample_loss(const LossConfig<T>& cfg, const RowStats<
   return {ce, rank};
 }
 
-// What a backward pass needs of one row: its RowGrad (for grad_output = 1) and log-sum-exp,
-// as kRowCoefs numbers (the loss op's row_coefs output), plus the argmax stored beside them.
+// What a backward pass needs of one row: its RowGrad (for grad_output = 1) and its max, as
+// kRowCoefs numbers (the loss op's row_coefs output), plus the argmax stored beside them. The
+// softmax coefficient is stored per exp(z - max), scale_p / sumexp: the backward then takes
+// exp(z - max), as the forward did, and not exp(z - lse), whose float lse is off by about
+// eps * |lse| (2.4e-4 at logits near 2000 in float32), and so is every p of the row.
 constexpr int64_t kRowCoefs = 5;
 
 template <class T>
-RANKMIXUP_HD void pack_row(const RowGrad<T>& g, T lse, T* out) {
-  out[0] = lse;
-  out[1] = g.scale_p;
+RANKMIXUP_HD void pack_row(const RowGrad<T>& g, const RowStats<T>& stats, T* out) {
+  out[0] = stats.max;
+  out[1] = g.scale_p / stats.sumexp;
   out[2] = g.constant;
   out[3] = g.at_max;
   out[4] = g.at_target;
 }
 
-// The packed row's RowGrad scaled by grad_output, and its log-sum-exp.
+// The row of an ignored sample: every coefficient 0, so that its gradient is exactly 0.
 template <class T>
-RANKMIXUP_HD RowGrad<T> unpack_row(const T* in, int64_t argmax, int64_t target, T grad_output, T* lse) {
-  *lse = in[0];
+RANKMIXUP_HD void pack_ignored_row(T* out) {
+  for (int64_t i = 0; i < kRowCoefs; ++i) out[i] = T(0);
+}
+
+// The packed row's RowGrad scaled by grad_output, and the row's max: the gradient of column c
+// is at(exp(z_c - max), c, ...), its scale_p being per exp(z - max) (see pack_row).
+template <class T>
+RANKMIXUP_HD RowGrad<T> unpack_row(const T* in, int64_t argmax, int64_t target, T grad_output, T* max) {
+  *max = in[0];
   RowGrad<T> g;
   g.scale_p = grad_output * in[1];
   g.constant = grad_output * in[2];
