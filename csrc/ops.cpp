@@ -10,9 +10,11 @@
 #include <string_view>
 
 #include "cpu/row_ops.h"
+#include "eager_loss.h"
 #include "kernels.h"
 #include "op_args.h"
 #include "op_handles.h"
+#include "python_call.h"
 
 // A CUDA kernel's registration, in builds that compile them (setup.py / CMakeLists.txt define
 // RANKMIXUP_WITH_CUDA then).
@@ -153,24 +155,9 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("paste_boxes_backward", on(DispatchKey::Autograd, &rankmixup::paste_boxes_backward_autograd));
 }
 
-namespace {
-
-// Runs an operator call as ATen's Python bindings run theirs: without the GIL while it runs (the
-// dispatcher takes it back for any Python it calls), its errors raised as torch.ops raises them
-// (the same Python exception types, no C++ backtrace in the message), its warnings as Python
-// warnings.
-template <class Call>
-auto as_python_call(Call call) {
-  HANDLE_TH_ERRORS
-  pybind11::gil_scoped_release no_gil;
-  return call();
-  END_HANDLE_TH_ERRORS_PYBIND
-}
-
-}  // namespace
-
 PYBIND11_MODULE(_C, m) {
   using at::Tensor;
+  using rankmixup::as_python_call;
   m.doc() = "rankmixup_ops compiled extension: importing it registers the torch.ops.rankmixup operators";
   m.def("build_info", &build_info, "What this build of the extension contains.");
   // Direct entry points: the op called through the dispatcher as torch.ops.rankmixup.<op> calls
@@ -215,4 +202,6 @@ PYBIND11_MODULE(_C, m) {
         return as_python_call([&] { return rankmixup::paste_boxes_op().call(x, boxes, index); });
       },
       "torch.ops.rankmixup.paste_boxes, called directly.");
+  m.def("eager_loss", &rankmixup::eager_loss,
+        "functional.loss_call for the common call (relevance and loss in one call), or None: see eager_loss.cpp.");
 }

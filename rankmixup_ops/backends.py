@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -24,6 +25,10 @@ class Backend(Protocol):
     """What every backend provides (the contract of reference.py, compiled.py and triton/)."""
 
     name: str
+    # The loss's eager front end in one native call, or None: takes a call's unchecked tensors and
+    # checked options plus the device types to serve, and returns (loss, ce, rank), or None for a
+    # call it does not take whole (see csrc/eager_loss.h). Only the compiled backends have one.
+    eager_loss: Callable | None
 
     def unsupported(self, device: torch.device) -> str | None:
         """Why the backend cannot run on ``device``, or None when it can."""
@@ -160,11 +165,15 @@ def _choose(fn: str, backend: str, device: torch.device) -> str:
     return _CHOSEN[key]
 
 
+def _usable(name: str, device: torch.device) -> bool:
+    loaded = _load(name)
+    return not isinstance(loaded, BackendUnavailable) and loaded.unsupported(device) is None
+
+
 def _pick(fn: str, backend: str, device: torch.device) -> str:
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, ()):
-            loaded = _load(name)
-            if not isinstance(loaded, BackendUnavailable) and loaded.unsupported(device) is None:
+            if _usable(name, device):
                 return name
         _warn_fallback(device.type)
         return _load("reference").name
@@ -175,3 +184,30 @@ def _pick(fn: str, backend: str, device: torch.device) -> str:
     if reason is not None:
         raise ValueError(f"{fn}: backend {backend!r} cannot run on {device}: {reason}")
     return backend
+
+
+# The eager front end of each backend name (eager_loss_entry), filled on first use.
+_EAGER: dict[str, Callable | None] = {}
+
+
+def eager_loss_entry(backend) -> Callable | None:
+    """The loss's one-call eager front end (``Backend.eager_loss``) for calls naming ``backend``,
+    bound to the device types on which those calls run a backend that has one; None where they
+    run none (an unknown name included: the checked path refuses it)."""
+    if type(backend) is not str:
+        return None
+    if backend not in _EAGER:
+        _EAGER[backend] = _bind_eager_loss(backend)
+    return _EAGER[backend]
+
+
+def _bind_eager_loss(backend: str) -> Callable | None:
+    entry, serves = None, {}
+    for device_type in ("cpu", "cuda"):
+        device = torch.device(device_type)
+        names = _AUTO_ORDER.get(device_type, ()) if backend == "auto" else (backend,) if backend in BACKENDS else ()
+        chosen = next((name for name in names if _usable(name, device)), None)
+        serves[device_type] = chosen is not None and _load(chosen).eager_loss is not None
+        if serves[device_type]:
+            entry = _load(chosen).eager_loss
+    return None if entry is None else functools.partial(entry, serves["cpu"], serves["cuda"])

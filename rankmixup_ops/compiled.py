@@ -129,6 +129,9 @@ class CompiledBackend:
     """The backend object (see :mod:`rankmixup_ops.backends`) over the compiled operators,
     for tensors of one device type."""
 
+    # csrc/eager_loss.cpp: functional.loss_call for the common call, in one native call.
+    eager_loss = staticmethod(_C.eager_loss)
+
     def __init__(self, device_type: str):
         self.name = device_type
         self.device_type = device_type

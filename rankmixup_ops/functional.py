@@ -17,7 +17,7 @@ import torch
 from . import _checks as check
 from . import reference
 from ._types import LossOptions, LossOutput, accumulation_dtype
-from .backends import resolve
+from .backends import eager_loss_entry, resolve
 
 __all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
 
@@ -150,6 +150,15 @@ def class_weight(fn: str, weight: torch.Tensor, logits: torch.Tensor) -> torch.T
 def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOptions, validate, backend) -> LossOutput:
     """Checks the tensors, then runs the backend with ``options`` (checked by the caller, once:
     the modules check theirs at construction)."""
+    # The common eager call in one native call (csrc/eager_loss.cpp) where the backend has that
+    # front end: the checks below, the relevance and the loss, without their Python cost. It
+    # answers None to a call it does not take whole, and the checked path below takes it.
+    if validate is False and not torch.compiler.is_compiling():
+        entry = eager_loss_entry(backend)
+        if entry is not None:
+            out = entry(logits, mix_logits, targets, lam, index, *options)
+            if out is not None:
+                return LossOutput(*out)
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
     if options.weight is not None:
         options = options._replace(weight=class_weight(fn, options.weight, logits))

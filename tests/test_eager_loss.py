@@ -1,0 +1,178 @@
+"""The loss's eager front end (csrc/eager_loss.cpp): ``functional.loss_call`` for the common call
+in one native call. It must take the common calls (or its speed is never had), give exactly
+what the checked Python path gives, forward and backward, and answer None to every call that
+the Python path would check differently: rejected, converted, or routed elsewhere (subclasses,
+function modes, validation, another backend).
+
+Fresh random inputs every run (backend_cases.SEED, named in every failure).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backend_cases import SEED, gen
+
+import rankmixup_ops as rmx
+from rankmixup_ops import backends, functional
+
+try:
+    from rankmixup_ops import compiled
+except rmx.BackendUnavailable as error:  # pragma: no cover - `make test` always builds it
+    pytest.skip(f"compiled extension unavailable: {error}", allow_module_level=True)
+
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+OPTIONS = functional.loss_options("test", "mndcg", "logit", 1.0, 0.3, 2.0, -100, 0.1, "mean")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=GPU)])
+def device(request) -> str:
+    return request.param
+
+
+def call(batch=6, num_mix=3, classes=7, *, dtype=torch.float32, device="cpu", seed=0):
+    """Arguments of a common call: (logits, mix_logits, targets, lam (K, B), index)."""
+    g = gen(seed)
+    logits = torch.randn(batch, classes, generator=g, dtype=torch.float64).to(dtype).to(device)
+    mix_logits = torch.randn(num_mix * batch, classes, generator=g, dtype=torch.float64).to(dtype).to(device)
+    targets = torch.randint(0, classes, (batch,), generator=g).to(device)
+    targets[0] = -100
+    lam = torch.rand(num_mix, batch, generator=g, dtype=functional.accumulation_dtype(dtype)).to(device)
+    index = torch.stack([torch.randperm(batch, generator=g) for _ in range(num_mix)]).to(device)
+    return [logits.requires_grad_(), mix_logits.requires_grad_(), targets, lam, index]
+
+
+def eager(args, options=OPTIONS, *, device="cpu"):
+    return compiled._C.eager_loss(device == "cpu", device == "cuda", *args, *options)
+
+
+def checked(args, options=OPTIONS, *, device="cpu"):
+    """The checked Python path with the same backend (validate=True takes it and checks values)."""
+    return functional.loss_call("test", *args, options, True, device)
+
+
+def outputs_and_grads(out, args):
+    grads = torch.autograd.grad(out[0], args[:2], allow_unused=True)
+    return [*(t.detach() for t in out), *grads]
+
+
+VARIANTS = {
+    "common": lambda args, device: (args, OPTIONS),
+    "lam (K,)": lambda args, device: ([*args[:3], args[3][:, 0].clone(), args[4]], OPTIONS),
+    "mix_logits (K, B, C)": lambda args, device: ([args[0], args[1].view(3, 6, 7), *args[2:]], OPTIONS),
+    "lam requires grad": lambda args, device: ([*args[:3], args[3].clone().requires_grad_(), args[4]], OPTIONS),
+    "class weights": lambda args, device: (  # in the accumulation dtype, lam's
+        args, OPTIONS._replace(weight=torch.rand(7, dtype=args[3].dtype, device=device) + 0.5)),
+    "strided logits": lambda args, device: ([args[0].detach().t().contiguous().t().requires_grad_(), *args[1:]],
+                                            OPTIONS),
+    "mrl, sum": lambda args, device: (args, OPTIONS._replace(mode="mrl", score="prob", reduction="sum")),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_takes_the_common_calls_and_equals_the_checked_path(device, variant, dtype):
+    args, options = VARIANTS[variant](call(dtype=dtype, device=device, seed=1), device)
+    out = eager(args, options, device=device)
+    assert out is not None, f"{variant}: the front end did not take a common call"
+    expected = checked(args, options, device=device)
+    for got, want in zip(outputs_and_grads(out, args), outputs_and_grads(expected, args)):
+        assert got.dtype == want.dtype and torch.equal(got, want), f"{variant} (seed {SEED})"
+
+
+def _subclass(t):
+    return t.as_subclass(_Subclass)
+
+
+class _Subclass(torch.Tensor):
+    """A __torch_function__ subclass: only the torch.ops call honours it."""
+
+
+# Each turns the common call into one the front end must leave to the checked path: one it
+# rejects, one it converts (targets, lam), or one that needs torch.ops (a subclass).
+def _replace(position, make):
+    def mutate(args, device):
+        args = list(args)
+        args[position] = make(args[position], device)
+        return args, OPTIONS
+    return mutate
+
+
+NOT_TAKEN = {
+    "logits subclass": _replace(0, lambda t, d: _subclass(t)),
+    "index subclass": _replace(4, lambda t, d: _subclass(t)),
+    "logits int": _replace(0, lambda t, d: t.detach().long()),
+    "logits 1-D": _replace(0, lambda t, d: t.detach()[0]),
+    "logits empty": _replace(0, lambda t, d: t.detach()[:, :0]),
+    "mix_logits other dtype": _replace(1, lambda t, d: t.detach().double()),
+    "mix_logits short": _replace(1, lambda t, d: t.detach()[:-1]),
+    "mix_logits (B, K, C)": _replace(1, lambda t, d: t.detach().view(6, 3, 7)),
+    "targets int32": _replace(2, lambda t, d: t.int()),
+    "targets (B, 1)": _replace(2, lambda t, d: t[:, None]),
+    "targets short": _replace(2, lambda t, d: t[:-1]),
+    "lam float64": _replace(3, lambda t, d: t.double()),
+    "lam a float": _replace(3, lambda t, d: 0.5),
+    "lam (K, B-1)": _replace(3, lambda t, d: t[:, :-1]),
+    "lam (K-1,)": _replace(3, lambda t, d: t[:-1, 0]),
+    "index int32": _replace(4, lambda t, d: t.int()),
+    "index (K, B-1)": _replace(4, lambda t, d: t[:, :-1]),
+    "index empty": _replace(4, lambda t, d: t[:0]),
+    "weight float64": lambda args, d: (args, OPTIONS._replace(weight=torch.ones(7, dtype=torch.float64, device=d))),
+    "weight (C+1,)": lambda args, d: (args, OPTIONS._replace(weight=torch.ones(8, device=d))),
+    "weight subclass": lambda args, d: (args, OPTIONS._replace(weight=_subclass(torch.ones(7, device=d)))),
+}
+
+
+@pytest.mark.parametrize("mutation", NOT_TAKEN)
+def test_leaves_every_other_call_to_the_checked_path(device, mutation):
+    args, options = NOT_TAKEN[mutation](call(device=device, seed=2), device)
+    assert eager(args, options, device=device) is None, mutation
+
+
+def test_leaves_other_devices_and_backends_alone(device):
+    args = call(device=device, seed=3)
+    assert compiled._C.eager_loss(device != "cpu", device != "cuda", *args, *OPTIONS) is None
+    if device == "cuda":  # a tensor on another device than the logits
+        assert eager([args[0], args[1].cpu(), *args[2:]], device=device) is None
+    assert backends.eager_loss_entry("reference") is None
+    assert backends.eager_loss_entry("triton") is None
+    assert backends.eager_loss_entry("no such backend") is None
+    assert backends.eager_loss_entry(["cpu"]) is None  # unhashable: the checked path says why
+
+
+def test_leaves_validation_and_function_modes_to_the_checked_path(monkeypatch):
+    args = call(seed=4)
+    with torch.overrides.TorchFunctionMode():  # what torch.export and `with torch.device()` install
+        assert eager(args) is None
+    monkeypatch.setenv("RANKMIXUP_VALIDATE", "1")
+    assert eager(args) is None
+    monkeypatch.setenv("RANKMIXUP_VALIDATE", "0")
+    assert eager(args) is not None
+
+
+def test_the_public_functions_take_it(monkeypatch):
+    """rankmixup_loss, mrl_loss, mndcg_loss and RankMixupLoss call the front end, and use its answer."""
+    taken = []
+    entry = backends.eager_loss_entry("cpu")
+
+    def spy(*args):
+        out = entry(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setitem(backends._EAGER, "cpu", spy)
+    args = call(seed=5)
+    rmx.rankmixup_loss(*args, backend="cpu")
+    rmx.mrl_loss(*args, backend="cpu")
+    rmx.mndcg_loss(*args, backend="cpu")
+    rmx.RankMixupLoss(backend="cpu")(*args)
+    rmx.rankmixup_loss(*args, backend="cpu", validate=True)  # validation: the checked path, untouched
+    assert taken == [True] * 4
+
+
+def test_auto_binds_the_compiled_backend_of_each_device():
+    entry = backends.eager_loss_entry("auto")
+    assert entry.func is compiled._C.eager_loss
+    # On a GPU, auto runs Triton when it is installed, which has no native front end.
+    status = rmx.available_backends()
+    assert entry.args == (True, not status["triton"].available and status["cuda"].available)
