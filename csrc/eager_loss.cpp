@@ -1,14 +1,15 @@
-// The eager front end of the loss: what functional.loss_call does (check the tensors, normalise
-// them, compute the relevance, run the loss op) for the common call, in one call from Python.
-// At the paper's shapes the Python version of those steps cost more than half of the fused
-// operator itself (tens of attribute reads and a second operator call, each a fraction of a
-// microsecond); here they are a few comparisons.
+// The eager front ends of the loss: what functional.loss_call does (check the tensors, normalise
+// them, compute the relevance, run the loss op) and what the drop-in classes' forward does (the
+// same from mixed soft targets), for the common call, in one call from Python. At the paper's
+// shapes the Python versions of those steps cost about half of the fused operator itself (tens
+// of attribute reads and a second operator call, each a fraction of a microsecond); here they
+// are a few comparisons.
 //
-// It never raises for bad input and never decides anything Python would decide otherwise: it
-// takes only calls that the Python checks would pass unchanged (plain tensors of the dtypes,
-// shapes and devices they accept, nothing to convert but a (K,) lam or a (K, B, C) mix_logits),
-// and answers None to every other call, which then takes the checked Python path, whose
-// messages name the argument at fault. The options arrive checked (functional.loss_options).
+// They never raise for bad input and never decide anything Python would decide otherwise: they
+// take only calls that the Python checks pass unchanged (plain tensors of the dtypes, shapes and
+// devices those accept, nothing to convert but a (K,) lam or a (K, B, C) mix_logits), and answer
+// None to every other call, which then takes the checked Python path, whose messages name the
+// argument at fault. The options arrive checked (functional.loss_options).
 #include "eager_loss.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
@@ -47,26 +48,66 @@ bool validation_requested_by_environment() {
   return value != nullptr && std::string_view(value) != "" && std::string_view(value) != "0";
 }
 
+// Whether a front end may run at all: no __torch_function__ mode to honour (the direct
+// operator calls below would skip it), logits that it serves, on a device type it serves.
+bool served(const Tensor* logits, bool on_cpu, bool on_cuda) {
+  if (at::impl::torch_function_mode_enabled() || !logits) return false;
+  if (!is_loss_dtype(logits->scalar_type()) || logits->dim() != 2 || logits->numel() == 0) return false;
+  const at::Device device = logits->device();
+  return device.is_cpu() ? on_cpu : device.is_cuda() && on_cuda;
+}
+
+// A LossOptions (a NamedTuple, in the loss schema's order) as the loss op's arguments; its
+// strings stay owned by the tuple.
+struct OptionArgs {
+  std::string_view mode, score;
+  double ce_weight, alpha, margin;
+  int64_t ignore_index;
+  double label_smoothing;
+  std::string_view reduction;
+  py::handle weight;
+
+  explicit OptionArgs(const py::tuple& options)
+      : mode(options[0].cast<std::string_view>()),
+        score(options[1].cast<std::string_view>()),
+        ce_weight(options[2].cast<double>()),
+        alpha(options[3].cast<double>()),
+        margin(options[4].cast<double>()),
+        ignore_index(options[5].cast<int64_t>()),
+        label_smoothing(options[6].cast<double>()),
+        reduction(options[7].cast<std::string_view>()),
+        weight(options[8]) {}
+};
+
+// The loss op over checked tensors: (loss, ce, rank), its errors and warnings as Python's.
+py::tuple run_loss(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+                   const OptionArgs& o, const ClassWeight& weight) {
+  const auto [loss, ce, rank] = as_python_call([&] {
+    const auto out = loss_op().call(logits, mix_logits, targets, rel, o.mode, o.score, o.ce_weight, o.alpha, o.margin,
+                                    o.ignore_index, o.label_smoothing, o.reduction, weight);
+    return std::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out));
+  });
+  return py::make_tuple(loss, ce, rank);
+}
+
 }  // namespace
 
 py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::handle mix_logits_object,
-                      py::handle targets_object, py::handle lam_object, py::handle index_object, std::string_view mode,
-                      std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-                      double label_smoothing, std::string_view reduction, py::handle weight_object) {
+                      py::handle targets_object, py::handle lam_object, py::handle index_object,
+                      const py::tuple& options) {
   const py::object not_taken = py::none();
-  if (at::impl::torch_function_mode_enabled() || validation_requested_by_environment()) return not_taken;
   const Tensor* logits = plain_tensor(logits_object);
+  if (!served(logits, on_cpu, on_cuda) || validation_requested_by_environment()) return not_taken;
+  const OptionArgs option_args(options);
   const Tensor* mix_logits = plain_tensor(mix_logits_object);
   const Tensor* targets = plain_tensor(targets_object);
   const Tensor* lam = plain_tensor(lam_object);
   const Tensor* index = plain_tensor(index_object);
-  const Tensor* weight = weight_object.is_none() ? nullptr : plain_tensor(weight_object);
-  if (!logits || !mix_logits || !targets || !lam || !index || (!weight_object.is_none() && !weight)) return not_taken;
+  const Tensor* weight = option_args.weight.is_none() ? nullptr : plain_tensor(option_args.weight);
+  if (!mix_logits || !targets || !lam || !index || (!option_args.weight.is_none() && !weight)) return not_taken;
 
   // functional.check_loss_inputs, as far as it passes without converting anything.
-  if (!is_loss_dtype(logits->scalar_type()) || logits->dim() != 2 || logits->numel() == 0) return not_taken;
   const at::Device device = logits->device();
-  if (!(device.is_cpu() ? on_cpu : device.is_cuda() && on_cuda)) return not_taken;
   const int64_t batch = logits->size(0), classes = logits->size(1);
   const at::ScalarType acc = accumulation_type(logits->scalar_type());
   if (targets->scalar_type() != at::kLong || targets->dim() != 1 || targets->size(0) != batch) return not_taken;
@@ -91,18 +132,46 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
     return not_taken;
   }
 
-  const auto [loss, ce, rank] = as_python_call([&] {
-    // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
-    Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
-    if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
-    const Tensor rel = relevance_op().call(*targets, pairing_lam, *index);
-    const ClassWeight class_weight = weight ? ClassWeight(weight->detach().contiguous()) : std::nullopt;
-    const Tensor flat_mix_logits = mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits;
-    const auto outputs = loss_op().call(*logits, flat_mix_logits, *targets, rel, mode, score, ce_weight, alpha, margin,
-                                        ignore_index, label_smoothing, reduction, class_weight);
-    return std::make_tuple(std::get<0>(outputs), std::get<1>(outputs), std::get<2>(outputs));
-  });
-  return py::make_tuple(loss, ce, rank);
+  // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
+  Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
+  if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
+  const Tensor rel = as_python_call([&] { return relevance_op().call(*targets, pairing_lam, *index); });
+  return run_loss(*logits, mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits, *targets, rel,
+                  option_args, weight ? ClassWeight(weight->detach().contiguous()) : std::nullopt);
+}
+
+py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object, py::handle targets_object,
+                             py::handle mixup_object, py::handle target_re_object, py::handle lam_object,
+                             int64_t num_classes, const py::tuple& options) {
+  const py::object not_taken = py::none();
+  const Tensor* inputs = plain_tensor(inputs_object);
+  if (!served(inputs, on_cpu, on_cuda)) return not_taken;
+  const Tensor* targets = plain_tensor(targets_object);
+  const Tensor* mixup = plain_tensor(mixup_object);
+  const Tensor* target_re = plain_tensor(target_re_object);
+  if (!targets || !mixup || !target_re) return not_taken;
+
+  // compat._RankMixupCompat.forward's checks, as far as they pass without converting anything.
+  const at::Device device = inputs->device();
+  const int64_t batch = inputs->size(0);
+  if (inputs->size(1) != num_classes) return not_taken;
+  if (targets->scalar_type() != at::kLong || targets->dim() != 1 || targets->size(0) != batch) return not_taken;
+  if (mixup->scalar_type() != inputs->scalar_type() || mixup->dim() != 2 || mixup->size(0) == 0 ||
+      mixup->size(0) % batch != 0 || mixup->size(1) != num_classes) {
+    return not_taken;
+  }
+  if (!is_loss_dtype(target_re->scalar_type()) || target_re->sizes() != mixup->sizes()) return not_taken;
+  if (targets->device() != device || mixup->device() != device || target_re->device() != device) return not_taken;
+  const int64_t num_mix = mixup->size(0) / batch;
+  // lam: only its count is used, and a tensor's must be K or K*B (anything else is checked there).
+  if (THPVariable_Check(lam_object.ptr())) {
+    const int64_t count = THPVariable_Unpack(lam_object.ptr()).numel();
+    if (count != num_mix && count != num_mix * batch) return not_taken;
+  }
+
+  const at::ScalarType acc = accumulation_type(inputs->scalar_type());
+  const Tensor rel = as_python_call([&] { return soft_relevance_op().call(target_re->detach(), num_mix, acc); });
+  return run_loss(*inputs, *mixup, *targets, rel, OptionArgs(options), std::nullopt);
 }
 
 }  // namespace rankmixup

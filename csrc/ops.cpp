@@ -202,6 +202,9 @@ PYBIND11_MODULE(_C, m) {
         return as_python_call([&] { return rankmixup::paste_boxes_op().call(x, boxes, index); });
       },
       "torch.ops.rankmixup.paste_boxes, called directly.");
+  // The loss's eager front ends (eager_loss.h).
   m.def("eager_loss", &rankmixup::eager_loss,
         "functional.loss_call for the common call (relevance and loss in one call), or None: see eager_loss.cpp.");
+  m.def("eager_compat_loss", &rankmixup::eager_compat_loss,
+        "The drop-in classes' forward for the common call (soft relevance and loss in one call), or None.");
 }

@@ -12,6 +12,7 @@ import functools
 import importlib
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import NamedTuple, Protocol
 
 import torch
@@ -25,10 +26,9 @@ class Backend(Protocol):
     """What every backend provides (the contract of reference.py, compiled.py and triton/)."""
 
     name: str
-    # The loss's eager front end in one native call, or None: takes a call's unchecked tensors and
-    # checked options plus the device types to serve, and returns (loss, ce, rank), or None for a
-    # call it does not take whole (see csrc/eager_loss.h). Only the compiled backends have one.
-    eager_loss: Callable | None
+    # The native module whose eager_loss and eager_compat_loss run a common loss call whole (see
+    # csrc/eager_loss.h and EagerFrontEnd), or None. Only the compiled backends have one.
+    eager: ModuleType | None
 
     def unsupported(self, device: torch.device) -> str | None:
         """Why the backend cannot run on ``device``, or None when it can."""
@@ -186,28 +186,41 @@ def _pick(fn: str, backend: str, device: torch.device) -> str:
     return backend
 
 
-# The eager front end of each backend name (eager_loss_entry), filled on first use.
-_EAGER: dict[str, Callable | None] = {}
+
+class EagerFrontEnd(NamedTuple):
+    """The native front ends of the loss (csrc/eager_loss.h) for calls naming one backend, bound
+    to the device types on which those calls run a backend that has them. Each takes a call's
+    arguments as given (and the checked LossOptions) and returns ``(loss, ce, rank)``, or None
+    for a call it does not take whole, which the checked Python path then takes."""
+
+    loss: Callable  # functional.loss_call's: (logits, mix_logits, targets, lam, index, options)
+    compat_loss: Callable  # the drop-in classes': (inputs, targets, mixup, target_re, lam, num_classes, options)
 
 
-def eager_loss_entry(backend) -> Callable | None:
-    """The loss's one-call eager front end (``Backend.eager_loss``) for calls naming ``backend``,
-    bound to the device types on which those calls run a backend that has one; None where they
-    run none (an unknown name included: the checked path refuses it)."""
+# The eager front ends of each backend name (eager_front_end), filled on first use.
+_EAGER: dict[str, EagerFrontEnd | None] = {}
+
+
+def eager_front_end(backend) -> EagerFrontEnd | None:
+    """The native front ends for calls naming ``backend``, or None where those calls run no
+    backend that has them (an unknown name included: the checked path refuses it)."""
     if type(backend) is not str:
         return None
     if backend not in _EAGER:
-        _EAGER[backend] = _bind_eager_loss(backend)
+        _EAGER[backend] = _bind_eager(backend)
     return _EAGER[backend]
 
 
-def _bind_eager_loss(backend: str) -> Callable | None:
-    entry, serves = None, {}
+def _bind_eager(backend: str) -> EagerFrontEnd | None:
+    native, serves = None, {}
     for device_type in ("cpu", "cuda"):
         device = torch.device(device_type)
         names = _AUTO_ORDER.get(device_type, ()) if backend == "auto" else (backend,) if backend in BACKENDS else ()
         chosen = next((name for name in names if _usable(name, device)), None)
-        serves[device_type] = chosen is not None and _load(chosen).eager_loss is not None
+        serves[device_type] = chosen is not None and _load(chosen).eager is not None
         if serves[device_type]:
-            entry = _load(chosen).eager_loss
-    return None if entry is None else functools.partial(entry, serves["cpu"], serves["cuda"])
+            native = _load(chosen).eager
+    if native is None:
+        return None
+    flags = (serves["cpu"], serves["cuda"])
+    return EagerFrontEnd(functools.partial(native.eager_loss, *flags), functools.partial(native.eager_compat_loss, *flags))

@@ -129,8 +129,8 @@ class CompiledBackend:
     """The backend object (see :mod:`rankmixup_ops.backends`) over the compiled operators,
     for tensors of one device type."""
 
-    # csrc/eager_loss.cpp: functional.loss_call for the common call, in one native call.
-    eager_loss = staticmethod(_C.eager_loss)
+    # csrc/eager_loss.h: the loss's front ends for the common call, in one native call each.
+    eager = _C
 
     def __init__(self, device_type: str):
         self.name = device_type

@@ -17,7 +17,7 @@ import torch
 from . import _checks as check
 from . import reference
 from ._types import LossOptions, LossOutput, accumulation_dtype
-from .backends import eager_loss_entry, resolve
+from .backends import eager_front_end, resolve
 
 __all__ = ["rankmixup_loss", "mrl_loss", "mndcg_loss", "soft_targets"]
 
@@ -154,9 +154,9 @@ def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOpt
     # front end: the checks below, the relevance and the loss, without their Python cost. It
     # answers None to a call it does not take whole, and the checked path below takes it.
     if validate is False and not torch.compiler.is_compiling():
-        entry = eager_loss_entry(backend)
-        if entry is not None:
-            out = entry(logits, mix_logits, targets, lam, index, *options)
+        native = eager_front_end(backend)
+        if native is not None:
+            out = native.loss(logits, mix_logits, targets, lam, index, options)
             if out is not None:
                 return LossOutput(*out)
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)

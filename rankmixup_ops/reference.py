@@ -209,7 +209,7 @@ class _ReferenceBackend:
     autograd by PyTorch."""
 
     name = "reference"
-    eager_loss = None
+    eager = None
 
     @staticmethod
     def unsupported(device: torch.device) -> str | None:

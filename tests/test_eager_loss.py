@@ -1,8 +1,8 @@
-"""The loss's eager front end (csrc/eager_loss.cpp): ``functional.loss_call`` for the common call
-in one native call. It must take the common calls (or its speed is never had), give exactly
-what the checked Python path gives, forward and backward, and answer None to every call that
-the Python path would check differently: rejected, converted, or routed elsewhere (subclasses,
-function modes, validation, another backend).
+"""The loss's eager front ends (csrc/eager_loss.cpp): ``functional.loss_call`` and the drop-in
+classes' forward for the common call, each in one native call. They must take the common calls
+(or their speed is never had), give exactly what the checked Python path gives, forward and
+backward, and answer None to every call that the Python path would check differently: rejected,
+converted, or routed elsewhere (subclasses, function modes, validation, another backend).
 
 Fresh random inputs every run (backend_cases.SEED, named in every failure).
 """
@@ -14,7 +14,7 @@ import torch
 from backend_cases import SEED, gen
 
 import rankmixup_ops as rmx
-from rankmixup_ops import backends, functional
+from rankmixup_ops import backends, compat, functional
 
 try:
     from rankmixup_ops import compiled
@@ -43,7 +43,7 @@ def call(batch=6, num_mix=3, classes=7, *, dtype=torch.float32, device="cpu", se
 
 
 def eager(args, options=OPTIONS, *, device="cpu"):
-    return compiled._C.eager_loss(device == "cpu", device == "cuda", *args, *options)
+    return compiled._C.eager_loss(device == "cpu", device == "cuda", *args, options)
 
 
 def checked(args, options=OPTIONS, *, device="cpu"):
@@ -131,13 +131,13 @@ def test_leaves_every_other_call_to_the_checked_path(device, mutation):
 
 def test_leaves_other_devices_and_backends_alone(device):
     args = call(device=device, seed=3)
-    assert compiled._C.eager_loss(device != "cpu", device != "cuda", *args, *OPTIONS) is None
+    assert compiled._C.eager_loss(device != "cpu", device != "cuda", *args, OPTIONS) is None
     if device == "cuda":  # a tensor on another device than the logits
         assert eager([args[0], args[1].cpu(), *args[2:]], device=device) is None
-    assert backends.eager_loss_entry("reference") is None
-    assert backends.eager_loss_entry("triton") is None
-    assert backends.eager_loss_entry("no such backend") is None
-    assert backends.eager_loss_entry(["cpu"]) is None  # unhashable: the checked path says why
+    assert backends.eager_front_end("reference") is None
+    assert backends.eager_front_end("triton") is None
+    assert backends.eager_front_end("no such backend") is None
+    assert backends.eager_front_end(["cpu"]) is None  # unhashable: the checked path says why
 
 
 def test_leaves_validation_and_function_modes_to_the_checked_path(monkeypatch):
@@ -150,29 +150,91 @@ def test_leaves_validation_and_function_modes_to_the_checked_path(monkeypatch):
     assert eager(args) is not None
 
 
+def _spied(monkeypatch, backend, taken):
+    """Records, for each call of the front ends of ``backend``, whether they took it."""
+    native = backends.eager_front_end(backend)
+
+    def spy(entry):
+        def call(*args):
+            out = entry(*args)
+            taken.append(out is not None)
+            return out
+        return call
+
+    monkeypatch.setitem(backends._EAGER, backend, backends.EagerFrontEnd(spy(native.loss), spy(native.compat_loss)))
+
+
 def test_the_public_functions_take_it(monkeypatch):
-    """rankmixup_loss, mrl_loss, mndcg_loss and RankMixupLoss call the front end, and use its answer."""
+    """rankmixup_loss, mrl_loss, mndcg_loss, RankMixupLoss and the drop-in classes call the
+    front ends, and use their answer."""
     taken = []
-    entry = backends.eager_loss_entry("cpu")
-
-    def spy(*args):
-        out = entry(*args)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setitem(backends._EAGER, "cpu", spy)
+    _spied(monkeypatch, "cpu", taken)
+    _spied(monkeypatch, "auto", taken)
     args = call(seed=5)
     rmx.rankmixup_loss(*args, backend="cpu")
     rmx.mrl_loss(*args, backend="cpu")
     rmx.mndcg_loss(*args, backend="cpu")
     rmx.RankMixupLoss(backend="cpu")(*args)
     rmx.rankmixup_loss(*args, backend="cpu", validate=True)  # validation: the checked path, untouched
-    assert taken == [True] * 4
+    logits, mix_logits, targets, lam, index = args
+    soft = rmx.soft_targets(targets.clamp(min=0), lam, index, 7)
+    compat.RankMixup_MNDCG(num_classes=7)(logits, targets, mix_logits, soft, 3)
+    assert taken == [True] * 5
+
+
+def _compat_call(device="cpu", dtype=torch.float32, seed=6):
+    """Arguments of a drop-in class's forward as the RankMixup code calls it:
+    (inputs, targets, mixup, target_re, lam)."""
+    logits, mix_logits, targets, lam, index = call(dtype=dtype, device=device, seed=seed)
+    soft = rmx.soft_targets(targets.clamp(min=0), lam, index, 7)
+    return [logits, targets, mix_logits, soft, 3]
+
+
+def compat_eager(args, criterion, device="cpu"):
+    return compiled._C.eager_compat_loss(device == "cpu", device == "cuda", *args, criterion.num_classes,
+                                         criterion.options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("criterion", [compat.RankMixup_MNDCG(num_classes=7), compat.RankMixup_MRL(num_classes=7)],
+                         ids=["mndcg", "mrl"])
+@pytest.mark.parametrize("lam", ["count", "tensor (K,)"])
+def test_compat_takes_the_common_calls_and_equals_the_checked_path(monkeypatch, device, criterion, dtype, lam):
+    args = _compat_call(device, dtype)
+    if lam != "count":
+        args[4] = torch.full((3,), 0.5, device=device)
+    out = compat_eager(args, criterion, device)
+    assert out is not None, "the front end did not take a common drop-in call"
+    monkeypatch.setitem(backends._EAGER, "auto", None)  # forward's checked path
+    expected = criterion(*args)
+    logit_args = (args[0], args[2])
+    for got, want in zip(outputs_and_grads(out, logit_args), outputs_and_grads(expected, logit_args)):
+        assert got.dtype == want.dtype and torch.equal(got, want), f"(seed {SEED})"
+
+
+COMPAT_NOT_TAKEN = {
+    "inputs subclass": lambda a: a.__setitem__(0, _subclass(a[0])),
+    "inputs with C+1 classes": lambda a: a.__setitem__(0, torch.cat([a[0], a[0][:, :1]], 1)),
+    "targets int32": lambda a: a.__setitem__(1, a[1].int()),
+    "mixup other dtype": lambda a: a.__setitem__(2, a[2].double()),
+    "mixup rows not a multiple of B": lambda a: a.__setitem__(2, a[2][:-1]),
+    "target_re other shape": lambda a: a.__setitem__(3, a[3][:-1]),
+    "target_re int": lambda a: a.__setitem__(3, a[3].long()),
+    "lam of the wrong count": lambda a: a.__setitem__(4, torch.ones(2)),
+}
+
+
+@pytest.mark.parametrize("mutation", COMPAT_NOT_TAKEN)
+def test_compat_leaves_every_other_call_to_its_checks(mutation):
+    args = _compat_call()
+    COMPAT_NOT_TAKEN[mutation](args)
+    assert compat_eager(args, compat.RankMixup_MNDCG(num_classes=7)) is None, mutation
 
 
 def test_auto_binds_the_compiled_backend_of_each_device():
-    entry = backends.eager_loss_entry("auto")
-    assert entry.func is compiled._C.eager_loss
+    native = backends.eager_front_end("auto")
+    assert native.loss.func is compiled._C.eager_loss and native.compat_loss.func is compiled._C.eager_compat_loss
     # On a GPU, auto runs Triton when it is installed, which has no native front end.
     status = rmx.available_backends()
-    assert entry.args == (True, not status["triton"].available and status["cuda"].available)
+    assert native.loss.args == native.compat_loss.args == (
+        True, not status["triton"].available and status["cuda"].available)

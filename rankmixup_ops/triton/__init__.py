@@ -21,7 +21,7 @@ _INTERPRETED = interpreted(_mix_kernel)
 
 class TritonBackend:
     name = "triton"
-    eager_loss = None
+    eager = None
 
     @staticmethod
     def unsupported(device: torch.device) -> str | None:
