@@ -57,34 +57,24 @@ bool served(const Tensor* logits, bool on_cpu, bool on_cuda) {
   return device.is_cpu() ? on_cpu : device.is_cuda() && on_cuda;
 }
 
-// A LossOptions (a NamedTuple, in the loss schema's order) as the loss op's arguments; its
-// strings stay owned by the tuple.
-struct OptionArgs {
-  std::string_view mode, score;
-  double ce_weight, alpha, margin;
-  int64_t ignore_index;
-  double label_smoothing;
-  std::string_view reduction;
-  py::handle weight;
-
-  explicit OptionArgs(const py::tuple& options)
-      : mode(options[0].cast<std::string_view>()),
-        score(options[1].cast<std::string_view>()),
-        ce_weight(options[2].cast<double>()),
-        alpha(options[3].cast<double>()),
-        margin(options[4].cast<double>()),
-        ignore_index(options[5].cast<int64_t>()),
-        label_smoothing(options[6].cast<double>()),
-        reduction(options[7].cast<std::string_view>()),
-        weight(options[8]) {}
-};
+// The call's checked options, a LossOptions (a NamedTuple holding the loss schema's option
+// arguments in order, rankmixup_ops/_types.py), parsed as the loss op parses its arguments.
+// Read with the GIL held.
+LossOptions scalar_options(const py::tuple& o) {
+  HANDLE_TH_ERRORS
+  return parse_loss_options(o[0].cast<std::string_view>(), o[1].cast<std::string_view>(), o[2].cast<double>(),
+                            o[3].cast<double>(), o[4].cast<double>(), o[5].cast<int64_t>(), o[6].cast<double>(),
+                            o[7].cast<std::string_view>());
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+constexpr size_t kClassWeightsField = 8;  // the one tensor, last
 
 // The loss op over checked tensors: (loss, ce, rank), its errors and warnings as Python's.
 py::tuple run_loss(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                   const OptionArgs& o, const ClassWeight& weight) {
+                   const py::tuple& options, const ClassWeight& class_weights) {
+  const LossOptions parsed = scalar_options(options);
   const auto [loss, ce, rank] = as_python_call([&] {
-    const auto out = loss_op().call(logits, mix_logits, targets, rel, o.mode, o.score, o.ce_weight, o.alpha, o.margin,
-                                    o.ignore_index, o.label_smoothing, o.reduction, weight);
+    const auto out = call_with_options(loss_op(), logits, mix_logits, targets, rel, class_weights, parsed);
     return std::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out));
   });
   return py::make_tuple(loss, ce, rank);
@@ -98,13 +88,14 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
   const py::object not_taken = py::none();
   const Tensor* logits = plain_tensor(logits_object);
   if (!served(logits, on_cpu, on_cuda) || validation_requested_by_environment()) return not_taken;
-  const OptionArgs option_args(options);
+  const py::handle class_weights_object = options[kClassWeightsField];
   const Tensor* mix_logits = plain_tensor(mix_logits_object);
   const Tensor* targets = plain_tensor(targets_object);
   const Tensor* lam = plain_tensor(lam_object);
   const Tensor* index = plain_tensor(index_object);
-  const Tensor* weight = option_args.weight.is_none() ? nullptr : plain_tensor(option_args.weight);
-  if (!mix_logits || !targets || !lam || !index || (!option_args.weight.is_none() && !weight)) return not_taken;
+  const bool weighted = !class_weights_object.is_none();
+  const Tensor* class_weights = weighted ? plain_tensor(class_weights_object) : nullptr;
+  if (!mix_logits || !targets || !lam || !index || (weighted && !class_weights)) return not_taken;
 
   // functional.check_loss_inputs, as far as it passes without converting anything.
   const at::Device device = logits->device();
@@ -127,8 +118,8 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
     return not_taken;
   }
   // functional.class_weight, likewise.
-  if (weight && (weight->scalar_type() != acc || weight->dim() != 1 || weight->size(0) != classes ||
-                 weight->device() != device)) {
+  if (class_weights && (class_weights->scalar_type() != acc || class_weights->dim() != 1 ||
+                        class_weights->size(0) != classes || class_weights->device() != device)) {
     return not_taken;
   }
 
@@ -137,7 +128,7 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
   if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
   const Tensor rel = as_python_call([&] { return relevance_op().call(*targets, pairing_lam, *index); });
   return run_loss(*logits, mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits, *targets, rel,
-                  option_args, weight ? ClassWeight(weight->detach().contiguous()) : std::nullopt);
+                  options, class_weights ? ClassWeight(class_weights->detach().contiguous()) : std::nullopt);
 }
 
 py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object, py::handle targets_object,
@@ -171,7 +162,7 @@ py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object
 
   const at::ScalarType acc = accumulation_type(inputs->scalar_type());
   const Tensor rel = as_python_call([&] { return soft_relevance_op().call(target_re->detach(), num_mix, acc); });
-  return run_loss(*inputs, *mixup, *targets, rel, OptionArgs(options), std::nullopt);
+  return run_loss(*inputs, *mixup, *targets, rel, options, std::nullopt);
 }
 
 }  // namespace rankmixup
