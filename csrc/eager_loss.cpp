@@ -9,14 +9,14 @@
 // take only calls that the Python checks pass unchanged (plain tensors of the dtypes, shapes and
 // devices those accept, nothing to convert but a (K,) lam or a (K, B, C) mix_logits), and answer
 // None to every other call, which then takes the checked Python path, whose messages name the
-// argument at fault. The options arrive checked (functional.loss_options).
+// argument at fault. The options arrive checked (functional.loss_options), and the callers decide
+// whether values are to be validated (which only the Python path does).
 #include "eager_loss.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
-#include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -41,13 +41,6 @@ bool is_loss_dtype(at::ScalarType dtype) {  // _checks.FLOAT_DTYPES
   return dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble;
 }
 
-// _checks.validation_requested's environment half: RANKMIXUP_VALIDATE set to anything but ""
-// or "0". (os.environ writes through to the C environment, so both read the same value.)
-bool validation_requested_by_environment() {
-  const char* value = std::getenv("RANKMIXUP_VALIDATE");
-  return value != nullptr && std::string_view(value) != "" && std::string_view(value) != "0";
-}
-
 // Whether a front end may run at all: no __torch_function__ mode to honour (the direct
 // operator calls below would skip it), logits that it serves, on a device type it serves.
 bool served(const Tensor* logits, bool on_cpu, bool on_cuda) {
@@ -69,15 +62,17 @@ LossOptions scalar_options(const py::tuple& o) {
 }
 constexpr size_t kClassWeightsField = 8;  // the one tensor, last
 
-// The loss op over checked tensors: (loss, ce, rank), its errors and warnings as Python's.
-py::tuple run_loss(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                   const py::tuple& options, const ClassWeight& class_weights) {
-  const LossOptions parsed = scalar_options(options);
-  const auto [loss, ce, rank] = as_python_call([&] {
-    const auto out = call_with_options(loss_op(), logits, mix_logits, targets, rel, class_weights, parsed);
-    return std::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out));
-  });
-  return py::make_tuple(loss, ce, rank);
+using LossParts = std::tuple<Tensor, Tensor, Tensor>;
+
+// The loss op over checked tensors: (loss, ce, rank). Called inside as_python_call.
+LossParts loss_parts(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
+                     const ClassWeight& class_weights, const LossOptions& options) {
+  const auto out = call_with_options(loss_op(), logits, mix_logits, targets, rel, class_weights, options);
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
+}
+
+py::tuple as_python(const LossParts& parts) {
+  return py::make_tuple(std::get<0>(parts), std::get<1>(parts), std::get<2>(parts));
 }
 
 }  // namespace
@@ -87,7 +82,7 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
                       const py::tuple& options) {
   const py::object not_taken = py::none();
   const Tensor* logits = plain_tensor(logits_object);
-  if (!served(logits, on_cpu, on_cuda) || validation_requested_by_environment()) return not_taken;
+  if (!served(logits, on_cpu, on_cuda)) return not_taken;
   const py::handle class_weights_object = options[kClassWeightsField];
   const Tensor* mix_logits = plain_tensor(mix_logits_object);
   const Tensor* targets = plain_tensor(targets_object);
@@ -123,24 +118,28 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
     return not_taken;
   }
 
-  // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
-  Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
-  if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
-  const Tensor rel = as_python_call([&] { return relevance_op().call(*targets, pairing_lam, *index); });
-  return run_loss(*logits, mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits, *targets, rel,
-                  options, class_weights ? ClassWeight(class_weights->detach().contiguous()) : std::nullopt);
+  const LossOptions parsed = scalar_options(options);
+  return as_python(as_python_call([&] {
+    // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
+    Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
+    if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
+    const Tensor rel = relevance_op().call(*targets, pairing_lam, *index);
+    return loss_parts(*logits, mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits, *targets,
+                      rel, class_weights ? ClassWeight(class_weights->detach().contiguous()) : std::nullopt, parsed);
+  }));
 }
 
 py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object, py::handle targets_object,
                              py::handle mixup_object, py::handle target_re_object, py::handle lam_object,
-                             int64_t num_classes, const py::tuple& options) {
+                             py::handle num_classes_object, const py::tuple& options) {
   const py::object not_taken = py::none();
   const Tensor* inputs = plain_tensor(inputs_object);
   if (!served(inputs, on_cpu, on_cuda)) return not_taken;
   const Tensor* targets = plain_tensor(targets_object);
   const Tensor* mixup = plain_tensor(mixup_object);
   const Tensor* target_re = plain_tensor(target_re_object);
-  if (!targets || !mixup || !target_re) return not_taken;
+  if (!targets || !mixup || !target_re || !PyLong_CheckExact(num_classes_object.ptr())) return not_taken;
+  const int64_t num_classes = num_classes_object.cast<int64_t>();
 
   // compat._RankMixupCompat.forward's checks, as far as they pass without converting anything.
   const at::Device device = inputs->device();
@@ -154,15 +153,19 @@ py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object
   if (!is_loss_dtype(target_re->scalar_type()) || target_re->sizes() != mixup->sizes()) return not_taken;
   if (targets->device() != device || mixup->device() != device || target_re->device() != device) return not_taken;
   const int64_t num_mix = mixup->size(0) / batch;
-  // lam: only its count is used, and a tensor's must be K or K*B (anything else is checked there).
+  // lam: only its count is used, and a tensor's must be K or K*B (anything else is checked there;
+  // a subclass's count is its own business).
   if (THPVariable_Check(lam_object.ptr())) {
-    const int64_t count = THPVariable_Unpack(lam_object.ptr()).numel();
-    if (count != num_mix && count != num_mix * batch) return not_taken;
+    const Tensor* lam = plain_tensor(lam_object);
+    if (!lam || (lam->numel() != num_mix && lam->numel() != num_mix * batch)) return not_taken;
   }
 
   const at::ScalarType acc = accumulation_type(inputs->scalar_type());
-  const Tensor rel = as_python_call([&] { return soft_relevance_op().call(target_re->detach(), num_mix, acc); });
-  return run_loss(*inputs, *mixup, *targets, rel, options, std::nullopt);
+  const LossOptions parsed = scalar_options(options);
+  return as_python(as_python_call([&] {
+    const Tensor rel = soft_relevance_op().call(target_re->detach(), num_mix, acc);
+    return loss_parts(*inputs, *mixup, *targets, rel, std::nullopt, parsed);
+  }));
 }
 
 }  // namespace rankmixup

@@ -9,8 +9,8 @@ namespace rankmixup {
 
 // functional.loss_call for a call of plain tensors that its checks pass unchanged, on a device
 // type allowed by on_cpu / on_cuda (those on which the calling backend name runs the compiled
-// backend), `options` a checked LossOptions: (loss, ce, rank). None for any other call, which is
-// the Python path's to check and run.
+// backend), `options` a checked LossOptions, values not to be validated: (loss, ce, rank). None
+// for any other call, which is the Python path's to check and run.
 pybind11::object eager_loss(bool on_cpu, bool on_cuda, pybind11::handle logits, pybind11::handle mix_logits,
                             pybind11::handle targets, pybind11::handle lam, pybind11::handle index,
                             const pybind11::tuple& options);
@@ -19,6 +19,6 @@ pybind11::object eager_loss(bool on_cpu, bool on_cuda, pybind11::handle logits, 
 // soft targets `target_re`, the relevance read off them; None where forward must check.
 pybind11::object eager_compat_loss(bool on_cpu, bool on_cuda, pybind11::handle inputs, pybind11::handle targets,
                                    pybind11::handle mixup, pybind11::handle target_re, pybind11::handle lam,
-                                   int64_t num_classes, const pybind11::tuple& options);
+                                   pybind11::handle num_classes, const pybind11::tuple& options);
 
 }  // namespace rankmixup

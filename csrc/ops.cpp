@@ -67,8 +67,8 @@ TORCH_LIBRARY(rankmixup, m) {
   const auto on = [](DispatchKey key, auto kernel) { return torch::dispatch(key, kernel); };
 
   // Fused CE + rank loss (SPEC §5). Besides the loss and its parts, returns what its backward
-  // needs: per row of each sample's list (K+1, B), 5 coefficients (log-sum-exp and the
-  // gradient's terms, for grad_output = 1, reduction applied) and the argmax.
+  // needs: per row of each sample's list (K+1, B), 5 coefficients (the row's max and the
+  // gradient's terms, for grad_output = 1, reduction applied: pack_row) and the argmax.
   m.def(
       "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
       "float alpha, float margin, int ignore_index, float label_smoothing, str reduction, Tensor? weight=None) -> "

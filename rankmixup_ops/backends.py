@@ -212,8 +212,10 @@ def eager_front_end(backend) -> EagerFrontEnd | None:
 
 
 def _bind_eager(backend: str) -> EagerFrontEnd | None:
-    native, serves = None, {}
-    for device_type in ("cpu", "cuda"):
+    native, serves = None, {"cpu": False, "cuda": False}
+    # No CUDA tensor exists without CUDA: loading the backends of "cuda" (Triton first) would
+    # only cost the first call an import.
+    for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         device = torch.device(device_type)
         names = _AUTO_ORDER.get(device_type, ()) if backend == "auto" else (backend,) if backend in BACKENDS else ()
         chosen = next((name for name in names if _usable(name, device)), None)

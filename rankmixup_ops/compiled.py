@@ -9,7 +9,7 @@ Operators (schemas in csrc/ops.cpp):
   ``options`` the nine fields of :class:`LossOptions` in their order (the class weights last,
   ``Tensor? weight=None``): the fused loss, one
   read of every row; ``row_coefs`` (K+1, B, 5) and ``row_argmax`` (K+1, B) are what the
-  backward needs of each row (its log-sum-exp and gradient terms), a few numbers per row.
+  backward needs of each row (its max and gradient terms), a few numbers per row.
 - ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index,
   weight=None) -> (grad_logits, grad_mix_logits)``: one more read of every row, one write of its
   gradient.

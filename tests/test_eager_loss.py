@@ -66,6 +66,7 @@ VARIANTS = {
     "strided logits": lambda args, device: ([args[0].detach().t().contiguous().t().requires_grad_(), *args[1:]],
                                             OPTIONS),
     "mrl, sum": lambda args, device: (args, OPTIONS._replace(mode="mrl", score="prob", reduction="sum")),
+    "nn.Parameter logits": lambda args, device: ([torch.nn.Parameter(args[0].detach()), *args[1:]], OPTIONS),
 }
 
 
@@ -100,7 +101,18 @@ def _replace(position, make):
 
 NOT_TAKEN = {
     "logits subclass": _replace(0, lambda t, d: _subclass(t)),
+    "mix_logits subclass": _replace(1, lambda t, d: _subclass(t)),
+    "targets subclass": _replace(2, lambda t, d: _subclass(t)),
+    "lam subclass": _replace(3, lambda t, d: _subclass(t)),
     "index subclass": _replace(4, lambda t, d: _subclass(t)),
+    # Another device than the logits' (meta: a second device on every machine).
+    "mix_logits elsewhere": _replace(1, lambda t, d: t.detach().to("meta")),
+    "targets elsewhere": _replace(2, lambda t, d: t.to("meta")),
+    "lam elsewhere": _replace(3, lambda t, d: t.to("meta")),
+    "index elsewhere": _replace(4, lambda t, d: t.to("meta")),
+    "weight elsewhere": lambda args, d: (args, OPTIONS._replace(weight=torch.ones(7, device="meta"))),
+    "weight (1, C)": lambda args, d: (args, OPTIONS._replace(weight=torch.ones(1, 7, device=d))),
+    "lam 0-d": _replace(3, lambda t, d: t[0, 0]),
     "logits int": _replace(0, lambda t, d: t.detach().long()),
     "logits 1-D": _replace(0, lambda t, d: t.detach()[0]),
     "logits empty": _replace(0, lambda t, d: t.detach()[:, :0]),
@@ -141,13 +153,21 @@ def test_leaves_other_devices_and_backends_alone(device):
 
 
 def test_leaves_validation_and_function_modes_to_the_checked_path(monkeypatch):
-    args = call(seed=4)
+    args, compat_args = call(seed=4), _compat_call()
     with torch.overrides.TorchFunctionMode():  # what torch.export and `with torch.device()` install
         assert eager(args) is None
-    monkeypatch.setenv("RANKMIXUP_VALIDATE", "1")
-    assert eager(args) is None
-    monkeypatch.setenv("RANKMIXUP_VALIDATE", "0")
-    assert eager(args) is not None
+        assert compat_eager(compat_args, compat.RankMixup_MNDCG(num_classes=7)) is None
+    with torch.inference_mode():  # no autograd: taken, and equal to the checked path
+        for got, want in zip(eager(args), checked(args)):
+            assert torch.equal(got, want)
+    # Validation is the callers' to decide (it reads os.environ, as the checked path does).
+    taken = []
+    _spied(monkeypatch, "cpu", taken)
+    for value, takes in (("1", False), ("yes", False), ("0", True), ("", True)):
+        monkeypatch.setenv("RANKMIXUP_VALIDATE", value)
+        rmx.rankmixup_loss(*args, backend="cpu")
+        assert len(taken) == (1 if takes else 0), value
+        taken.clear()
 
 
 def _spied(monkeypatch, backend, taken):
@@ -205,8 +225,13 @@ def test_compat_takes_the_common_calls_and_equals_the_checked_path(monkeypatch, 
         args[4] = torch.full((3,), 0.5, device=device)
     out = compat_eager(args, criterion, device)
     assert out is not None, "the front end did not take a common drop-in call"
-    monkeypatch.setitem(backends._EAGER, "auto", None)  # forward's checked path
-    expected = criterion(*args)
+    if device == "cpu":
+        monkeypatch.setitem(backends._EAGER, "auto", None)  # forward's checked path
+        expected = criterion(*args)
+    else:  # there auto runs Triton where it is installed: forward's steps on the CUDA backend
+        cuda = compiled.load_backend("cuda")
+        rel = cuda.soft_relevance(args[3], 3, args[0].dtype if dtype == torch.float64 else torch.float32)
+        expected = cuda.loss(args[0], args[2], args[1], rel, criterion.options)
     logit_args = (args[0], args[2])
     for got, want in zip(outputs_and_grads(out, logit_args), outputs_and_grads(expected, logit_args)):
         assert got.dtype == want.dtype and torch.equal(got, want), f"(seed {SEED})"
@@ -221,6 +246,13 @@ COMPAT_NOT_TAKEN = {
     "target_re other shape": lambda a: a.__setitem__(3, a[3][:-1]),
     "target_re int": lambda a: a.__setitem__(3, a[3].long()),
     "lam of the wrong count": lambda a: a.__setitem__(4, torch.ones(2)),
+    "lam subclass": lambda a: a.__setitem__(4, _subclass(torch.ones(3))),
+    "no inputs": lambda a: a.__setitem__(0, a[0][:0]),
+    "no mixup rows": lambda a: a.__setitem__(2, a[2][:0]),
+    "targets (B, 1)": lambda a: a.__setitem__(1, a[1][:, None]),
+    "target_re subclass": lambda a: a.__setitem__(3, _subclass(a[3])),
+    "mixup elsewhere": lambda a: a.__setitem__(2, a[2].detach().to("meta")),
+    "target_re elsewhere": lambda a: a.__setitem__(3, a[3].to("meta")),
 }
 
 
@@ -229,6 +261,12 @@ def test_compat_leaves_every_other_call_to_its_checks(mutation):
     args = _compat_call()
     COMPAT_NOT_TAKEN[mutation](args)
     assert compat_eager(args, compat.RankMixup_MNDCG(num_classes=7)) is None, mutation
+
+
+def test_compat_leaves_a_float_num_classes_to_forward():
+    criterion = compat.RankMixup_MNDCG(num_classes=7)
+    criterion.num_classes = 7.0  # forward compares shapes with it as Python does
+    assert compat_eager(_compat_call(), criterion) is None
 
 
 def test_auto_binds_the_compiled_backend_of_each_device():
