@@ -154,7 +154,11 @@ def mixup(
     applied = _coins(prob, draws, x.device, generator)
     if not with_cutmix:
         lam = torch.where(applied, lam, 1.0)
-        return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
+        # A mix not applied is x itself, exactly: mix with coefficient 1 would turn a value NaN
+        # wherever the partner's is not finite (0 * inf).
+        kept = ~applied.expand(index.shape).reshape(-1, *([1] * (x.dim() - 1)))
+        own = x.unsqueeze(0).expand(num_mix, *x.shape).reshape(num_mix * x.shape[0], *x.shape[1:])
+        return MixupBatch(torch.where(kept, own, mix(x, lam, index, backend=backend)), lam, index)
 
     _check_images(fn, x)
     height, width = x.shape[2:]

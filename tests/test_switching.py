@@ -212,3 +212,29 @@ def test_a_cutmix_row_keeps_x_where_the_partner_is_not_finite():
     out = rmx.mixup(x, 40, alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5, per_sample=True, generator=gen(16))
     assert "cutmix" in _kinds(out, x)  # each CutMix row: x[b] but for one rectangle of the partner
     assert not out.inputs.isnan().any(), f"seed {SEED}"
+
+
+def test_a_mix_not_applied_is_x_where_the_partner_is_not_finite():
+    """Mixup alone with prob < 1: a mix not applied is x[b] exactly, even where its partner holds
+    inf (mix with lam = 1 would give 0 * inf = NaN there), and its gradient reaches x[b] alone."""
+    x = torch.randn(8, 5, generator=gen(17), dtype=torch.float64)
+    x[3, 0] = float("inf")
+    leaf = x.clone().requires_grad_()
+    out = rmx.mixup(leaf, 30, alpha=1.0, prob=0.5, per_sample=True, generator=gen(18))
+    rows = out.inputs.detach().view(30, 8, 5)
+    kept = out.lam == 1  # (K, B): 1 is never drawn from Beta(1, 1)
+    assert kept.any() and (~kept).any(), f"seed {SEED}"
+    torch.testing.assert_close(rows[kept], x.expand(30, 8, 5)[kept], rtol=0, atol=0)
+    mixed = ~kept & (x[out.index].isfinite().all(-1)) & x.isfinite().all(-1)
+    want = out.lam[..., None] * x + (1 - out.lam[..., None]) * x[out.index]
+    # (lam is float32: mix rounds its coefficients as the public call passes them.)
+    torch.testing.assert_close(rows[mixed], want[mixed], rtol=1e-6, atol=1e-6)
+    upstream = torch.rand(30 * 8, 5, generator=gen(19), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out.inputs, leaf, upstream)
+    expected = torch.zeros_like(x)
+    for k in range(30):
+        for b in range(8):
+            g, lam = upstream[k * 8 + b], out.lam[k, b]
+            expected[b] += lam * g
+            expected[out.index[k, b]] += (1 - lam) * g
+    torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)

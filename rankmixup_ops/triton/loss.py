@@ -66,12 +66,13 @@ def _online_softmax(z, cols, row_max, row_arg, row_sum):
 
 
 @triton.jit
-def _store_grad(out_ptrs, z, cols, num_classes, row_max, row_arg, e_coef, m_coef, u_term, t_coef, target,
+def _store_grad(out_ptrs, z, cols, num_classes, row_max, log_sum, row_arg, p_coef, m_coef, u_term, t_coef, target,
                 store_rows):
-    """``grad = E * exp(z - max) + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows
-    (``E`` the softmax's coefficient over the row's sumexp, ``u_term`` the constant term, per row
-    or per row and class). Not ``exp(z - lse)``: a float log-sum-exp is off by eps * |max|."""
-    grad = e_coef[:, None] * tl.exp(z - row_max[:, None]) + u_term
+    """``grad = P * softmax + M * [c == argmax] + U + T * [c == target]`` for a chunk of rows
+    (``u_term`` the constant term, per row or per row and class), the softmax taken as
+    ``exp((z - max) - log(sumexp))``, as torch's log_softmax takes it: not ``exp(z - lse)``, whose
+    float log-sum-exp is off by eps * |max|."""
+    grad = p_coef[:, None] * tl.exp((z - row_max[:, None]) - log_sum[:, None]) + u_term
     grad += tl.where(cols[None, :] == row_arg[:, None], m_coef[:, None], 0.0)
     grad += tl.where(cols[None, :] == target, t_coef[:, None], 0.0)
     mask = store_rows[:, None] & (cols < num_classes)[None, :]
@@ -165,6 +166,8 @@ def _fused_loss_kernel(
     raw_sum = tl.where((raw_max == float("-inf")) | (valid & ~label_ok), float("nan"), raw_sum)
     mix_sum = tl.where(mix_max == float("-inf"), float("nan"), mix_sum)
     raw_conf = 1.0 / raw_sum  # max softmax = exp(max - max) / sumexp
+    raw_log_sum = tl.log(raw_sum)
+    mix_log_sum = tl.log(mix_sum)
     mix_conf = 1.0 / mix_sum
 
     # CE of the raw row, as F.cross_entropy (class weights and label smoothing included):
@@ -256,10 +259,10 @@ def _fused_loss_kernel(
                 raw_u_term = raw_u[:, None] * w[None, :]
             else:
                 raw_u_term = raw_u[:, None]
-            _store_grad(raw_out, z, cols, num_classes, raw_max, raw_arg, raw_p * raw_conf, raw_m, raw_u_term, raw_t,
+            _store_grad(raw_out, z, cols, num_classes, raw_max, raw_log_sum, raw_arg, raw_p, raw_m, raw_u_term, raw_t,
                         target, one == 0)
             z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
-            _store_grad(mix_out, z, cols, num_classes, mix_max, mix_arg, mix_p * mix_conf, mix_m, no_term[:, None],
+            _store_grad(mix_out, z, cols, num_classes, mix_max, mix_log_sum, mix_arg, mix_p, mix_m, no_term[:, None],
                         no_term, -1, is_mix)
 
 
