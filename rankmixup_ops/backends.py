@@ -186,7 +186,6 @@ def _pick(fn: str, backend: str, device: torch.device) -> str:
     return backend
 
 
-
 class EagerFrontEnd(NamedTuple):
     """The native front ends of the loss (csrc/eager_loss.h) for calls naming one backend, bound
     to the device types on which those calls run a backend that has them. Each takes a call's
@@ -225,4 +224,5 @@ def _bind_eager(backend: str) -> EagerFrontEnd | None:
     if native is None:
         return None
     flags = (serves["cpu"], serves["cuda"])
-    return EagerFrontEnd(functools.partial(native.eager_loss, *flags), functools.partial(native.eager_compat_loss, *flags))
+    return EagerFrontEnd(functools.partial(native.eager_loss, *flags),
+                         functools.partial(native.eager_compat_loss, *flags))
