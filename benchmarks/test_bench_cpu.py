@@ -31,12 +31,12 @@ SHAPES = {
 }
 
 
-def _reference_loss(logits, mix_logits, targets, rel, mode):
-    return reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, LossOptions(mode=mode)).loss
+def _reference_loss(logits, mix_logits, targets, lam, index, mode):
+    return reference.rankmixup_loss(logits, mix_logits, targets, lam, index, mode=mode).loss
 
 
-def _cpu_loss(logits, mix_logits, targets, rel, mode):
-    return CPU.loss(logits, mix_logits, targets, rel, LossOptions(mode=mode)).loss
+def _cpu_loss(logits, mix_logits, targets, lam, index, mode):
+    return CPU.loss(logits, mix_logits, targets, lam, index, LossOptions(mode=mode)).loss
 
 
 _compiled_reference = torch.compile(_reference_loss, dynamic=False)
@@ -50,7 +50,7 @@ def _inputs(batch, num_mix, classes):
     targets = torch.randint(0, classes, (batch,), generator=gen)
     index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)])
     lam = torch.rand(num_mix, 1, generator=gen).expand(num_mix, batch)
-    return logits, mix_logits, targets, reference.relevance(targets, lam, index)
+    return logits, mix_logits, targets, lam, index
 
 
 def _load(when: str) -> dict:
@@ -63,12 +63,12 @@ def _load(when: str) -> dict:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_backward(benchmark, shape, impl):
     batch, num_mix, classes, mode = SHAPES[shape]
-    logits, mix_logits, targets, rel = _inputs(batch, num_mix, classes)
+    logits, mix_logits, targets, lam, index = _inputs(batch, num_mix, classes)
     loss_fn = IMPLEMENTATIONS[impl]
 
     def step():
         logits.grad = mix_logits.grad = None
-        loss_fn(logits, mix_logits, targets, rel, mode).backward()
+        loss_fn(logits, mix_logits, targets, lam, index, mode).backward()
 
     for _ in range(3):  # warm-up (and compilation for compiled_reference)
         step()

@@ -12,8 +12,9 @@ Implementations:
   (``RankMixup_MNDCG`` / ``RankMixup_MRL``), called as the RankMixup code calls its loss, with
   soft targets built once beforehand (its training loop builds them outside the loss too).
 - ``op floor`` (loss only): the fused compiled operator of the device alone, through its C++
-  autograd, on arguments prepared once (relevance, options): no checks, no backend choice. What
-  no front end over that operator can beat; the gap to it is the cost of the Python plumbing.
+  autograd, on arguments prepared once (lam as (K, B), the options): no checks, no backend
+  choice. What no front end over that operator can beat; the gap to it is the cost of the
+  plumbing.
 
 Forward runs with inputs that require gradients (the forward of a training step, which keeps
 what the backward needs); forward+backward adds ``torch.autograd.grad`` of the loss (or of
@@ -103,15 +104,14 @@ class Workload:
         return call
 
     def _op_floor(self) -> Callable:
-        """``torch.ops.rankmixup.loss`` entered directly (compiled._C), relevance computed once."""
+        """``torch.ops.rankmixup.loss`` entered directly (compiled._C), lam prepared once."""
         from rankmixup_ops import compiled  # only where the extension is built
 
-        lam = self.lam.to(accumulation_dtype(self.case.dtype))
-        rel = compiled._C.relevance(self.targets, lam, self.index)
+        pairing_lam = self.lam.to(accumulation_dtype(self.case.dtype)).expand(self.index.shape)
         options = tuple(LossOptions(mode=self.case.mode))
 
         def call(logits, mix_logits, targets, lam, index, **_):
-            return LossOutput(*compiled._C.loss(logits, mix_logits, targets, rel, *options)[:3])
+            return LossOutput(*compiled._C.loss(logits, mix_logits, targets, pairing_lam, index, *options)[:3])
 
         return call
 

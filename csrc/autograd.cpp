@@ -1,7 +1,7 @@
 // Autograd for the ops in ops.cpp, registered once for every device (the Autograd alias key):
 // forward redispatches below autograd to the device's kernel (cpu/ or cuda/), backward calls the
-// device's backward op (or, on the CPU, scales the gradient its forward wrote); `relevance` is
-// declared not differentiable. In C++ rather than with Python's torch.library.register_autograd,
+// device's backward op (or, on the CPU, scales the gradient its forward wrote); `soft_relevance`
+// is declared not differentiable. In C++ rather than with Python's torch.library.register_autograd,
 // whose Python node cost tens of microseconds per call (measured at the paper's shapes: more than
 // the fused kernels themselves). torch.compile
 // traces through it like any C++ autograd op, the ops' fake implementations (compiled.py)
@@ -23,7 +23,8 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Differentiable in logits and mix_logits; the parts and the per-row records are not.
+// Differentiable in logits and mix_logits; the parts and the per-row records are not, and lam is
+// sampled data (SPEC §6), a constant of the loss.
 //
 // On the CPU, for float32/float64 logits, when a gradient will be wanted, the forward runs
 // loss_with_grad, which writes the gradient (for grad_output = 1) from the exps it computes
@@ -36,19 +37,19 @@ using torch::autograd::variable_list;
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& mix_logits,
-                               const Tensor& targets, const Tensor& rel, const ClassWeight& weight,
-                               const LossOptions& options, bool grad_in_forward) {
+                               const Tensor& targets, const Tensor& lam, const MixPartners& index,
+                               const ClassWeight& weight, const LossOptions& options, bool grad_in_forward) {
     at::AutoDispatchBelowADInplaceOrView guard;
     Tensor loss, ce, rank, row_coefs, row_argmax;
     if (grad_in_forward) {
       Tensor grad_logits, grad_mix;
       std::tie(loss, ce, rank, row_coefs, row_argmax, grad_logits, grad_mix) =
-          call_with_options(loss_with_grad_op(), logits, mix_logits, targets, rel, weight, options);
+          call_with_options(loss_with_grad_op(), logits, mix_logits, targets, lam, index, weight, options);
       ctx->saved_data[kGradLogits] = grad_logits;
       ctx->saved_data[kGradMix] = grad_mix;
     } else {
       std::tie(loss, ce, rank, row_coefs, row_argmax) =
-          call_with_options(loss_op(), logits, mix_logits, targets, rel, weight, options);
+          call_with_options(loss_op(), logits, mix_logits, targets, lam, index, weight, options);
     }
     ctx->mark_non_differentiable({ce, rank, row_coefs, row_argmax});
     // The four non-differentiable outputs never carry a gradient: spare autograd filling a
@@ -60,7 +61,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(7);  // one per input of forward; only the logits are differentiable
+    variable_list out(8);  // one per input of forward; only the logits are differentiable
     if (!grads[0].defined()) return out;
     const variable_list saved = ctx->get_saved_variables();
     const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
@@ -145,14 +146,14 @@ using MixBackwardFunction = AdjointPairFunction<&mix_backward_op, &mix_op>;
 
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
 
-LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                          const ClassWeight& weight, const LossOptions& options) {
+LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
+                          const MixPartners& index, const ClassWeight& weight, const LossOptions& options) {
   // Not for float16/bfloat16 logits: their forward gradients would be float32 buffers twice the
   // logits' size, kept until the backward; narrow dtypes are chosen to save memory.
   const bool wide = logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble;
   const bool grad_in_forward = logits.device().is_cpu() && wide && at::GradMode::is_enabled() &&
                                (logits.requires_grad() || mix_logits.requires_grad());
-  const variable_list out = LossFunction::apply(logits, mix_logits, targets, rel, weight, options, grad_in_forward);
+  const variable_list out = LossFunction::apply(logits, mix_logits, targets, lam, index, weight, options, grad_in_forward);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
@@ -172,14 +173,7 @@ Tensor paste_boxes_backward_autograd(const Tensor& grad, const Tensor& boxes, co
   return PasteBoxesBackwardFunction::apply(grad, boxes, index);
 }
 
-// A piecewise-constant function of lam: its output never requires grad (the loss takes rel as a
-// constant), even for a lam that does.
-Tensor relevance_autograd(const Tensor& targets, const Tensor& lam, const Tensor& index) {
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return relevance_op().call(targets, lam, index);
-}
-
-// Likewise: a relevance read off (differentiable or not) soft targets is a constant of the loss.
+// A relevance read off (differentiable or not) soft targets is a constant of the loss.
 Tensor soft_relevance_autograd(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
   at::AutoDispatchBelowADInplaceOrView guard;
   return soft_relevance_op().call(soft_targets, num_mix, dtype);

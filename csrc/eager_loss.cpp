@@ -1,9 +1,8 @@
 // The eager front ends of the loss: what functional.loss_call does (check the tensors, normalise
-// them, compute the relevance, run the loss op) and what the drop-in classes' forward does (the
-// same from mixed soft targets), for the common call, in one call from Python. At the paper's
+// them, run the loss op) and what the drop-in classes' forward does (the same with the relevance
+// read off mixed soft targets), for the common call, in one call from Python. At the paper's
 // shapes the Python versions of those steps cost about half of the fused operator itself (tens
-// of attribute reads and a second operator call, each a fraction of a microsecond); here they
-// are a few comparisons.
+// of attribute reads, each a fraction of a microsecond); here they are a few comparisons.
 //
 // They never raise for bad input and never decide anything Python would decide otherwise: they
 // take only calls that the Python checks pass unchanged (plain tensors of the dtypes, shapes and
@@ -65,9 +64,9 @@ constexpr size_t kClassWeightsField = 8;  // the one tensor, last
 using LossParts = std::tuple<Tensor, Tensor, Tensor>;
 
 // The loss op over checked tensors: (loss, ce, rank). Called inside as_python_call.
-LossParts loss_parts(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                     const ClassWeight& class_weights, const LossOptions& options) {
-  const auto out = call_with_options(loss_op(), logits, mix_logits, targets, rel, class_weights, options);
+LossParts loss_parts(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
+                     const MixPartners& index, const ClassWeight& class_weights, const LossOptions& options) {
+  const auto out = call_with_options(loss_op(), logits, mix_logits, targets, lam, index, class_weights, options);
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
 }
 
@@ -123,9 +122,9 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
     // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
     Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
     if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});
-    const Tensor rel = relevance_op().call(*targets, pairing_lam, *index);
     return loss_parts(*logits, mix_stacked ? mix_logits->reshape({num_mix * batch, classes}) : *mix_logits, *targets,
-                      rel, class_weights ? ClassWeight(class_weights->detach().contiguous()) : std::nullopt, parsed);
+                      pairing_lam, *index,
+                      class_weights ? ClassWeight(class_weights->detach().contiguous()) : std::nullopt, parsed);
   }));
 }
 
@@ -164,7 +163,7 @@ py::object eager_compat_loss(bool on_cpu, bool on_cuda, py::handle inputs_object
   const LossOptions parsed = scalar_options(options);
   return as_python(as_python_call([&] {
     const Tensor rel = soft_relevance_op().call(target_re->detach(), num_mix, acc);
-    return loss_parts(*inputs, *mixup, *targets, rel, std::nullopt, parsed);
+    return loss_parts(*inputs, *mixup, *targets, rel, std::nullopt, std::nullopt, parsed);
   }));
 }
 

@@ -43,14 +43,20 @@ inline LossOptions parse_loss_options(std::string_view mode, std::string_view sc
 // The class weights of the loss operators (their last schema argument, Tensor? weight).
 using ClassWeight = std::optional<at::Tensor>;
 
-// A loss kernel over (logits, mix_logits, targets, rel, weight, const LossOptions&) as the kernel
-// of an operator with the loss schema's flat arguments: what ops.cpp registers.
+// The partners of the loss operators' mixes (their schema argument Tensor? index, after lam):
+// with them, lam holds the mixing coefficients and the kernels derive each mix's relevance
+// (pair_relevance, sample_loss.h); without, lam holds the relevances themselves (the drop-in
+// classes read them off soft targets).
+using MixPartners = std::optional<at::Tensor>;
+
+// A loss kernel over (logits, mix_logits, targets, lam, index, weight, const LossOptions&) as the
+// kernel of an operator with the loss schema's flat arguments: what ops.cpp registers.
 template <auto kernel>
 auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
-                         const at::Tensor& rel, std::string_view mode, std::string_view score, double ce_weight,
-                         double alpha, double margin, int64_t ignore_index, double label_smoothing,
-                         std::string_view reduction, const ClassWeight& weight) {
-  return kernel(logits, mix_logits, targets, rel, weight,
+                         const at::Tensor& lam, const MixPartners& index, std::string_view mode,
+                         std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
+                         double label_smoothing, std::string_view reduction, const ClassWeight& weight) {
+  return kernel(logits, mix_logits, targets, lam, index, weight,
                 parse_loss_options(mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction));
 }
 
@@ -58,11 +64,11 @@ auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits,
 // schema arguments; what autograd.cpp redispatches with.
 template <class Op>
 auto call_with_options(const Op& op, const at::Tensor& logits, const at::Tensor& mix_logits,
-                       const at::Tensor& targets, const at::Tensor& rel, const ClassWeight& weight,
-                       const LossOptions& options) {
+                       const at::Tensor& targets, const at::Tensor& lam, const MixPartners& index,
+                       const ClassWeight& weight, const LossOptions& options) {
   constexpr std::string_view kModes[] = {"mrl", "mndcg"}, kScores[] = {"logit", "prob"},
                              kReductions[] = {"mean", "sum", "none"};
-  return op.call(logits, mix_logits, targets, rel, kModes[static_cast<int>(options.mode)],
+  return op.call(logits, mix_logits, targets, lam, index, kModes[static_cast<int>(options.mode)],
                  kScores[static_cast<int>(options.score)], options.ce_weight, options.alpha, options.margin,
                  options.ignore_index, options.label_smoothing, kReductions[static_cast<int>(options.reduction)],
                  weight);
@@ -77,24 +83,29 @@ inline void check_class_weight(const char* op, const ClassWeight& weight, const 
   TORCH_CHECK(weight->device() == logits.device(), op, ": all tensors must be on one device");
 }
 
+// Shapes, dtypes and devices; the range of index's values is each kernel's to check (the CPU
+// raises, a device kernel cannot without a host sync and gives those mixes a NaN relevance).
 inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
-                            const at::Tensor& rel, const ClassWeight& weight) {
+                            const at::Tensor& lam, const MixPartners& index, const ClassWeight& weight) {
   TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0, "rankmixup::loss: logits must be (B, C), non-empty");
   TORCH_CHECK(logits.is_floating_point(), "rankmixup::loss: logits must be floating point");
   // The CPU row loops index within a row in 32 bits (and across rows in 64).
   TORCH_CHECK(logits.size(1) <= std::numeric_limits<int32_t>::max(), "rankmixup::loss: more than 2^31 - 1 classes");
   const int64_t batch = logits.size(0);
-  TORCH_CHECK(rel.dim() == 2 && rel.size(1) == batch && rel.size(0) >= 1 &&
-                  rel.scalar_type() == accumulation_type(logits.scalar_type()),
-              "rankmixup::loss: rel must be (K, B), float64 for float64 logits and float32 for the others");
-  TORCH_CHECK(mix_logits.dim() == 2 && mix_logits.size(0) == rel.size(0) * batch &&
+  TORCH_CHECK(lam.dim() == 2 && lam.size(1) == batch && lam.size(0) >= 1 &&
+                  lam.scalar_type() == accumulation_type(logits.scalar_type()),
+              "rankmixup::loss: lam must be (K, B), float64 for float64 logits and float32 for the others");
+  TORCH_CHECK(!index || (index->sizes() == lam.sizes() && index->scalar_type() == at::kLong),
+              "rankmixup::loss: index must be int64 (K, B), as lam");
+  TORCH_CHECK(mix_logits.dim() == 2 && mix_logits.size(0) == lam.size(0) * batch &&
                   mix_logits.size(1) == logits.size(1) && mix_logits.scalar_type() == logits.scalar_type(),
               "rankmixup::loss: mix_logits must be (K*B, C) with the dtype of logits");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == batch && targets.scalar_type() == at::kLong,
               "rankmixup::loss: targets must be int64 (B,)");
-  for (const at::Tensor* t : {&mix_logits, &targets, &rel}) {
+  for (const at::Tensor* t : {&mix_logits, &targets, &lam}) {
     TORCH_CHECK(t->device() == logits.device(), "rankmixup::loss: all tensors must be on one device");
   }
+  TORCH_CHECK(!index || index->device() == logits.device(), "rankmixup::loss: all tensors must be on one device");
   check_class_weight("rankmixup::loss", weight, logits);
 }
 
@@ -180,16 +191,6 @@ inline void check_paste_boxes_args(const char* op, const at::Tensor& images, con
 inline at::MemoryFormat image_memory_format(const at::Tensor& images) {
   return images.is_contiguous(at::MemoryFormat::ChannelsLast) && !images.is_contiguous() ? at::MemoryFormat::ChannelsLast
                                                                                           : at::MemoryFormat::Contiguous;
-}
-
-inline void check_relevance_args(const at::Tensor& targets, const at::Tensor& lam, const at::Tensor& index) {
-  TORCH_CHECK(index.dim() == 2 && index.scalar_type() == at::kLong, "rankmixup::relevance: index must be int64 (K, B)");
-  TORCH_CHECK(lam.sizes() == index.sizes() && (lam.scalar_type() == at::kFloat || lam.scalar_type() == at::kDouble),
-              "rankmixup::relevance: lam must be float32 or float64 (K, B)");
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == index.size(1) && targets.scalar_type() == at::kLong,
-              "rankmixup::relevance: targets must be int64 (B,)");
-  TORCH_CHECK(lam.device() == targets.device() && index.device() == targets.device(),
-              "rankmixup::relevance: all tensors must be on one device");
 }
 
 inline void check_soft_relevance_args(const at::Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {

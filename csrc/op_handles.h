@@ -21,7 +21,7 @@ using LossWithGradOutputs =
 // The loss ops' signature, returning Out.
 template <class Out>
 using LossSignature = Out(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          std::string_view, std::string_view, double, double, double, int64_t, double,
+                          const std::optional<at::Tensor>&, std::string_view, std::string_view, double, double, double, int64_t, double,
                           std::string_view, const std::optional<at::Tensor>&);
 
 template <class Signature>
@@ -75,12 +75,6 @@ inline const auto& paste_boxes_op() {
 inline const auto& paste_boxes_backward_op() {
   static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
       "rankmixup::paste_boxes_backward");
-  return op;
-}
-
-inline const auto& relevance_op() {
-  static const auto op =
-      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("rankmixup::relevance");
   return op;
 }
 

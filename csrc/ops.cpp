@@ -66,13 +66,17 @@ TORCH_LIBRARY(rankmixup, m) {
   using c10::DispatchKey;
   const auto on = [](DispatchKey key, auto kernel) { return torch::dispatch(key, kernel); };
 
-  // Fused CE + rank loss (SPEC §5). Besides the loss and its parts, returns what its backward
-  // needs: per row of each sample's list (K+1, B), 5 coefficients (the row's max and the
-  // gradient's terms, for grad_output = 1, reduction applied: pack_row) and the argmax.
+  // Fused CE + rank loss (SPEC §5). lam (K, B), of any strides, in the accumulation dtype (float64
+  // for float64 logits, else float32); with index int64 (K, B), the mixes' partners, each mix's
+  // relevance (SPEC §3) is derived in the kernel: 1 where the partner's label is the sample's,
+  // else max(lam, 1 - lam); with index None, lam holds the relevances themselves. Not
+  // differentiable in lam. Besides the loss and its parts, returns what its backward needs: per
+  // row of each sample's list (K+1, B), 5 coefficients (the row's max and the gradient's terms,
+  // for grad_output = 1, reduction applied: pack_row) and the argmax.
   m.def(
-      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, float ce_weight, "
-      "float alpha, float margin, int ignore_index, float label_smoothing, str reduction, Tensor? weight=None) -> "
-      "(Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, str mode, str score, "
+      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
+      "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
   m.impl("loss", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_cpu>));
   RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::with_parsed_options<&rankmixup::cuda::loss_cuda>)));
   m.impl("loss", on(DispatchKey::Autograd, &rankmixup::with_parsed_options<&rankmixup::loss_autograd>));
@@ -82,8 +86,8 @@ TORCH_LIBRARY(rankmixup, m) {
   // what autograd calls on devices whose kernels are bound by arithmetic rather than memory (the
   // CPU), its backward then only scaling them. Not differentiable itself.
   m.def(
-      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor rel, str mode, str score, "
-      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
+      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, str mode, "
+      "str score, float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
       "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, "
       "Tensor grad_logits, Tensor grad_mix_logits)");
   m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
@@ -106,16 +110,8 @@ TORCH_LIBRARY(rankmixup, m) {
   m.impl("loss_backward", on(DispatchKey::CPU, &rankmixup::cpu::loss_backward_cpu));
   RANKMIXUP_IF_CUDA(m.impl("loss_backward", on(DispatchKey::CUDA, &rankmixup::cuda::loss_backward_cuda)));
 
-  // Relevance of every mix (SPEC §3), what `loss` takes as `rel`: targets int64 (B,), lam (K, B)
-  // and index int64 (K, B) -> (K, B) in lam's dtype (float32, or float64 for float64 inputs), 1
-  // where sample b and its partner index[k,b] share a class, else max(lam, 1 - lam). Not
-  // differentiable. Devices without a kernel of their own (CUDA, meta) run the ATen composite.
-  m.def("relevance(Tensor targets, Tensor lam, Tensor index) -> Tensor");
-  m.impl("relevance", on(DispatchKey::CPU, &rankmixup::cpu::relevance_cpu));
-  m.impl("relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::relevance_composite));
-  m.impl("relevance", on(DispatchKey::Autograd, &rankmixup::relevance_autograd));
-
-  // The relevance read off mixed soft targets (the drop-in classes' target_re): soft_targets
+  // The relevance read off mixed soft targets (the drop-in classes' target_re), what `loss` then
+  // takes as lam, without index: soft_targets
   // (K*B, C) -> (K, B) in dtype (float32 or float64), each row's largest entry, exactly 1 within
   // 4 float32 epsilons of 1 (a same-class pair's lam + (1 - lam)). Not differentiable. Devices
   // without a kernel of their own (CUDA, meta) run the ATen composite.
@@ -168,22 +164,16 @@ PYBIND11_MODULE(_C, m) {
   // function mode).
   m.def(
       "loss",
-      [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-         std::string_view mode, std::string_view score, double ce_weight, double alpha, double margin,
+      [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
+         const std::optional<Tensor>& index, std::string_view mode, std::string_view score, double ce_weight, double alpha, double margin,
          int64_t ignore_index, double label_smoothing, std::string_view reduction,
          const std::optional<Tensor>& weight) {
         return as_python_call([&] {
-          return rankmixup::loss_op().call(logits, mix_logits, targets, rel, mode, score, ce_weight, alpha, margin,
+          return rankmixup::loss_op().call(logits, mix_logits, targets, lam, index, mode, score, ce_weight, alpha, margin,
                                            ignore_index, label_smoothing, reduction, weight);
         });
       },
       "torch.ops.rankmixup.loss, called directly.");
-  m.def(
-      "relevance",
-      [](const Tensor& targets, const Tensor& lam, const Tensor& index) {
-        return as_python_call([&] { return rankmixup::relevance_op().call(targets, lam, index); });
-      },
-      "torch.ops.rankmixup.relevance, called directly.");
   m.def(
       "soft_relevance",
       [](const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
@@ -204,7 +194,7 @@ PYBIND11_MODULE(_C, m) {
       "torch.ops.rankmixup.paste_boxes, called directly.");
   // The loss's eager front ends (eager_loss.h).
   m.def("eager_loss", &rankmixup::eager_loss,
-        "functional.loss_call for the common call (relevance and loss in one call), or None: see eager_loss.cpp.");
+        "functional.loss_call for the common call, in one call, or None: see eager_loss.cpp.");
   m.def("eager_compat_loss", &rankmixup::eager_compat_loss,
         "The drop-in classes' forward for the common call (soft relevance and loss in one call), or None.");
 }

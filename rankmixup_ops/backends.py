@@ -33,16 +33,16 @@ class Backend(Protocol):
     def unsupported(self, device: torch.device) -> str | None:
         """Why the backend cannot run on ``device``, or None when it can."""
 
-    def relevance(self, targets: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``rel`` (K, B) of SPEC §3 from int64 ``targets`` (B,), ``lam`` and int64 ``index`` (K, B)."""
-
     def soft_relevance(self, soft_targets: torch.Tensor, num_mix: int, dtype: torch.dtype) -> torch.Tensor:
         """``rel`` (K, B) in ``dtype`` read off mixed soft targets (K*B, C): see
         :func:`rankmixup_ops.reference.soft_relevance` (the drop-in classes' relevance)."""
 
-    def loss(self, logits: torch.Tensor, mix_logits: torch.Tensor, targets: torch.Tensor, rel: torch.Tensor,
-             options: LossOptions) -> LossOutput:
-        """The loss over ``logits`` (B, C), ``mix_logits`` (K*B, C), int64 ``targets`` (B,) and ``rel``."""
+    def loss(self, logits: torch.Tensor, mix_logits: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
+             index: torch.Tensor | None, options: LossOptions) -> LossOutput:
+        """The loss over ``logits`` (B, C), ``mix_logits`` (K*B, C) and int64 ``targets`` (B,), each
+        mix's relevance (SPEC §3) derived from ``lam`` (K, B) and its partners, int64 ``index``
+        (K, B); with ``index`` None, ``lam`` holds the relevances themselves. Not differentiable
+        in ``lam``."""
 
     def mix(self, x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``(K*B, *feat)`` mixes of ``x`` (B, *feat) with ``lam`` (K, B) in x's accumulation dtype

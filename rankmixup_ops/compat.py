@@ -84,7 +84,7 @@ class _RankMixupCompat(nn.Module):
 
         impl = resolve(fn, "auto", device)
         rel = impl.soft_relevance(target_re.detach(), num_mix, accumulation_dtype(inputs.dtype))
-        out = impl.loss(inputs, mixup, targets, rel, self.options)
+        out = impl.loss(inputs, mixup, targets, rel, None, self.options)  # no partners: rel as given
         return out.loss, out.ce, out.rank
 
 

@@ -5,11 +5,13 @@ fake (meta) implementations torch.compile needs. Their autograd is registered in
 
 Operators (schemas in csrc/ops.cpp):
 
-- ``loss(logits, mix_logits, targets, rel, *options) -> (loss, ce, rank, row_coefs, row_argmax)``,
-  ``options`` the nine fields of :class:`LossOptions` in their order (the class weights last,
-  ``Tensor? weight=None``): the fused loss, one
-  read of every row; ``row_coefs`` (K+1, B, 5) and ``row_argmax`` (K+1, B) are what the
-  backward needs of each row (its max and gradient terms), a few numbers per row.
+- ``loss(logits, mix_logits, targets, lam, index, *options) -> (loss, ce, rank, row_coefs,
+  row_argmax)``, ``options`` the nine fields of :class:`LossOptions` in their order (the class
+  weights last, ``Tensor? weight=None``): the fused loss, one read of every row, each mix's
+  relevance (SPEC §3) derived in the kernel from ``lam`` and the partners ``index``; with
+  ``index`` None, ``lam`` holds the relevances themselves (the drop-in classes'). ``row_coefs``
+  (K+1, B, 5) and ``row_argmax`` (K+1, B) are what the backward needs of each row (its max and
+  gradient terms), a few numbers per row.
 - ``loss_backward(grad_loss, logits, mix_logits, targets, row_coefs, row_argmax, ignore_index,
   weight=None) -> (grad_logits, grad_mix_logits)``: one more read of every row, one write of its
   gradient.
@@ -27,9 +29,7 @@ Operators (schemas in csrc/ops.cpp):
   scaling by ``grad_output``, in place, with the rows of ignored samples kept zero whatever
   ``grad_output`` holds; rows whose factor is exactly 1 stay as ``loss_with_grad`` wrote them
   (CPU).
-- ``relevance(targets, lam, index) -> rel``: the ``rel`` argument of ``loss`` (SPEC §3) in one op
-  (a CPU kernel; an ATen composite on other devices, and for fake tensors).
-- ``soft_relevance(soft_targets, num_mix, dtype) -> rel``: ``rel`` read off mixed soft targets
+- ``soft_relevance(soft_targets, num_mix, dtype) -> rel``: the relevances read off mixed soft targets
   (what the drop-in classes are given), each row's largest entry snapped to 1 within 4 float32
   epsilons, in one op (a CPU kernel; an ATen composite elsewhere and for fake tensors).
 - ``mix(x, lam, index)`` and ``mix_backward(grad, lam, index)``.
@@ -49,22 +49,23 @@ ROW_COEFS = 5  # kRowCoefs in csrc/include/rankmixup/sample_loss.h
 
 
 @torch.library.register_fake("rankmixup::loss")
-def _loss_fake(logits, mix_logits, targets, rel, *options):
+def _loss_fake(logits, mix_logits, targets, lam, index, *options):
     reduction = LossOptions(*options).reduction  # the schema's options, in LossOptions' order
     batch, num_classes = logits.shape
-    torch._check(rel.dim() == 2 and rel.shape[1] == batch, lambda: "rankmixup::loss: rel must be (K, B)")
-    torch._check(tuple(mix_logits.shape) == (rel.shape[0] * batch, num_classes),
+    torch._check(lam.dim() == 2 and lam.shape[1] == batch, lambda: "rankmixup::loss: lam must be (K, B)")
+    torch._check(index is None or index.shape == lam.shape, lambda: "rankmixup::loss: index must be (K, B), as lam")
+    torch._check(tuple(mix_logits.shape) == (lam.shape[0] * batch, num_classes),
                  lambda: "rankmixup::loss: mix_logits must be (K*B, C)")
     torch._check(tuple(targets.shape) == (batch,), lambda: "rankmixup::loss: targets must be (B,)")
     acc = accumulation_dtype(logits.dtype)
     values = [logits.new_empty((batch,) if reduction == "none" else (), dtype=acc) for _ in range(3)]
-    rows = (rel.shape[0] + 1, batch)
+    rows = (lam.shape[0] + 1, batch)
     return (*values, logits.new_empty((*rows, ROW_COEFS), dtype=acc), logits.new_empty(rows, dtype=torch.int64))
 
 
 @torch.library.register_fake("rankmixup::loss_with_grad")
-def _loss_with_grad_fake(logits, mix_logits, targets, rel, *options):
-    outputs = _loss_fake(logits, mix_logits, targets, rel, *options)
+def _loss_with_grad_fake(logits, mix_logits, targets, lam, index, *options):
+    outputs = _loss_fake(logits, mix_logits, targets, lam, index, *options)
     acc = accumulation_dtype(logits.dtype)
     return (*outputs, logits.new_empty(logits.shape, dtype=acc), mix_logits.new_empty(mix_logits.shape, dtype=acc))
 
@@ -116,11 +117,11 @@ def _entry(*tensors):
     ``__torch_function__``, so they serve only plain tensors in eager mode with no function
     mode active; torch.compile, torch.export, ``with torch.device(...)`` and tensor subclasses
     get torch.ops. (``__torch_dispatch__`` modes and subclasses, fake tensors among them, work
-    either way: the dispatcher hands them the call.)"""
+    either way: the dispatcher hands them the call.) None stands for an optional tensor not given."""
     if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
         return ops
     for tensor in tensors:  # a loop, not all(): no generator object per call
-        if type(tensor) is not torch.Tensor:
+        if type(tensor) is not torch.Tensor and tensor is not None:
             return ops
     return _C
 
@@ -145,17 +146,12 @@ class CompiledBackend:
         return None
 
     @staticmethod
-    def loss(logits, mix_logits, targets, rel, options: LossOptions) -> LossOutput:
+    def loss(logits, mix_logits, targets, lam, index, options: LossOptions) -> LossOutput:
         # LossOptions holds the options in the operator's schema order; a tensor subclass among
         # the class weights, too, needs the torch.ops call.
-        entry = _entry(logits, mix_logits, targets, rel) if options.weight is None else _entry(
-            logits, mix_logits, targets, rel, options.weight)
-        loss, ce, rank, _, _ = entry.loss(logits, mix_logits, targets, rel, *options)
+        entry = _entry(logits, mix_logits, targets, lam, index, options.weight)
+        loss, ce, rank, _, _ = entry.loss(logits, mix_logits, targets, lam, index, *options)
         return LossOutput(loss, ce, rank)
-
-    @staticmethod
-    def relevance(targets, lam, index):
-        return _entry(targets, lam, index).relevance(targets, lam, index)
 
     @staticmethod
     def soft_relevance(soft_targets, num_mix, dtype):

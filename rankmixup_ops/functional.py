@@ -4,10 +4,11 @@ Every function here checks its arguments before any kernel runs (SPEC §9) and t
 normalised tensors to one backend (:mod:`rankmixup_ops.backends`):
 
 - ``mix_logits`` as ``(K*B, C)``; ``lam`` as ``(K, B)`` in the logits' accumulation dtype (float64
-  for float64 logits, else float32); ``targets``/``index`` as int64; the options as one
-  :class:`~rankmixup_ops._types.LossOptions`;
-- the pairing of each mix reduced to its relevance ``rel`` ``(K, B)`` (SPEC §3), which is all
-  the loss needs to know about ``lam``, ``index`` and the partner's label.
+  for float64 logits, else float32), detached; ``targets``/``index`` as int64; the options as one
+  :class:`~rankmixup_ops._types.LossOptions`.
+
+The backend derives each mix's relevance (SPEC §3), all the loss needs to know about ``lam``,
+``index`` and the partner's label, inside its loss.
 """
 
 from __future__ import annotations
@@ -175,8 +176,7 @@ def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOpt
     impl = resolve(fn, backend, logits.device)
     # lam is sampled data: the loss is differentiable in the logits alone (SPEC §6), on every
     # backend, even for a lam that requires grad.
-    rel = impl.relevance(targets, lam.detach() if lam.requires_grad else lam, index)
-    return impl.loss(logits, mix_logits, targets, rel, options)
+    return impl.loss(logits, mix_logits, targets, lam.detach() if lam.requires_grad else lam, index, options)
 
 
 def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):

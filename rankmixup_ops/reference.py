@@ -203,7 +203,6 @@ def _mndcg(z_raw, z_mix, rel) -> torch.Tensor:
     return 1 - ndcg
 
 
-
 class _ReferenceBackend:
     """This module as a backend (see :class:`rankmixup_ops.backends.Backend`): on any device,
     autograd by PyTorch."""
@@ -215,10 +214,13 @@ class _ReferenceBackend:
     def unsupported(device: torch.device) -> str | None:
         return None
 
-    loss = staticmethod(rankmixup_loss_from_relevance)
+    @staticmethod
+    def loss(logits, mix_logits, targets, lam, index, options: LossOptions) -> LossOutput:
+        rel = lam if index is None else relevance(targets, lam, index)
+        return rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, options)
+
     mix = staticmethod(mix)
     paste_boxes = staticmethod(paste_boxes)
-    relevance = staticmethod(relevance)
     soft_relevance = staticmethod(soft_relevance)
 
 

@@ -36,8 +36,8 @@ def reference_backend(device="cpu"):
 
 
 def problem(batch, num_mix, classes, *, dtype=torch.float32, ignore="some", seed=0, device="cpu"):
-    """Logits, mix logits, targets and rel (K, B) with same-class pairs (rel = 1), ties in lam
-    (so the M-NDCG order falls back to k) and the requested ignored samples."""
+    """Logits, mix logits, targets, lam and index (K, B) with same-class pairs (relevance 1),
+    ties in lam (so the M-NDCG order falls back to k) and the requested ignored samples."""
     g = gen(seed)
     logits = (torch.randn(batch, classes, generator=g, dtype=torch.float64) * 3).to(dtype)
     mix_logits = (torch.randn(num_mix * batch, classes, generator=g, dtype=torch.float64) * 3).to(dtype)
@@ -49,7 +49,14 @@ def problem(batch, num_mix, classes, *, dtype=torch.float32, ignore="some", seed
         targets[torch.rand(batch, generator=g) < 0.3] = -100
     elif ignore == "all":
         targets[:] = -100
-    return [t.to(device) for t in (logits, mix_logits, targets, reference.relevance(targets, lam, index))]
+    return [t.to(device) for t in (logits, mix_logits, targets, lam, index)]
+
+
+def relevance_of(prob):
+    """A problem with its pairing (lam, index) replaced by the relevances it gives and no
+    partners: what the drop-in classes hand the backends."""
+    logits, mix_logits, targets, lam, index = prob
+    return [logits, mix_logits, targets, reference.relevance(targets, lam, index), None]
 
 
 def options(mode="mndcg", score="logit", reduction="mean", **overrides) -> LossOptions:
@@ -57,11 +64,11 @@ def options(mode="mndcg", score="logit", reduction="mean", **overrides) -> LossO
                        ignore_index=-100, label_smoothing=0.1)._replace(**overrides)
 
 
-def run(backend, logits, mix_logits, targets, rel, opts, *, grad_weight_seed=0):
+def run(backend, logits, mix_logits, targets, lam, index, opts, *, grad_weight_seed=0):
     """Loss, parts and the gradients of sum(weight * loss) (a non-unit grad_output)."""
     logits = logits.detach().clone().requires_grad_()
     mix_logits = mix_logits.detach().clone().requires_grad_()
-    out = backend.loss(logits, mix_logits, targets, rel, opts)
+    out = backend.loss(logits, mix_logits, targets, lam, index, opts)
     weight = torch.rand(out.loss.shape, generator=gen(grad_weight_seed), dtype=torch.float64) + 0.5
     (out.loss * weight.to(out.loss)).sum().backward()
     return [out.loss.detach(), out.ce, out.rank, logits.grad, mix_logits.grad]
@@ -93,7 +100,7 @@ def max_error(values, exact):
 def errors_against_float64(backend, prob, opts):
     """(backend's, reference's) largest error, both run in prob's dtype, against the reference
     run on the same values in float64."""
-    wide = [t.double() if t.is_floating_point() else t for t in prob]
+    wide = [t.double() if t is not None and t.is_floating_point() else t for t in prob]
     reference_ = reference_backend(prob[0].device)
     exact = run(reference_, *wide, opts)
     return max_error(run(backend, *prob, opts), exact), max_error(run(reference_, *prob, opts), exact)
@@ -118,7 +125,7 @@ def run_mix(mix, x, lam, index, grad):
 
 def loss_args(reduction, *, requires_grad=True, weighted=False, device="cpu"):
     """Arguments of torch.ops.rankmixup.loss, for opcheck (class weights last, when weighted)."""
-    logits, mix_logits, targets, rel = problem(5, 2, 7, seed=12, device=device)
+    logits, mix_logits, targets, lam, index = problem(5, 2, 7, seed=12, device=device)
     weight = torch.rand(7, generator=gen(13)).to(device) + 0.5 if weighted else None
-    return (logits.requires_grad_(requires_grad), mix_logits.requires_grad_(requires_grad), targets, rel, "mndcg",
-            "prob", 1.0, 0.1, 2.0, -100, 0.1, reduction, weight)
+    return (logits.requires_grad_(requires_grad), mix_logits.requires_grad_(requires_grad), targets, lam, index,
+            "mndcg", "prob", 1.0, 0.1, 2.0, -100, 0.1, reduction, weight)

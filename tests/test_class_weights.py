@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_cases import RANKINGS, REDUCTIONS, SEED, close, gen, options, problem, run
+from backend_cases import RANKINGS, REDUCTIONS, SEED, close, gen, options, problem, reference_backend, run
 
 import rankmixup_ops as rmx
 from rankmixup_ops import reference
@@ -51,7 +51,7 @@ def class_weights(classes, *, dtype=torch.float32, seed=0, device="cpu"):
 @pytest.mark.parametrize("ignore_index", [-100, 2])
 def test_reference_ce_is_torch_weighted_cross_entropy(reduction, label_smoothing, ignore_index):
     """alpha = 0 leaves the CE alone: it must be F.cross_entropy's, ignore_index and smoothing included."""
-    logits, mix_logits, targets, _ = problem(12, 2, 6, dtype=torch.float64, ignore="none", seed=3)
+    logits, mix_logits, targets, _, _ = problem(12, 2, 6, dtype=torch.float64, ignore="none", seed=3)
     targets[::4] = ignore_index
     # One valid target of a nonzero weight: else (targets drawn from 0..2, class 1 weighing 0,
     # class 2 ignored, about 1 seed in 40) the weights sum to 0, where torch's mean is 0/0 and
@@ -72,11 +72,11 @@ def test_reference_ce_is_torch_weighted_cross_entropy(reduction, label_smoothing
 
 
 def test_rank_term_is_unweighted():
-    logits, mix_logits, targets, rel = problem(9, 3, 8, dtype=torch.float64, seed=6)
+    logits, mix_logits, targets, lam, index = problem(9, 3, 8, dtype=torch.float64, seed=6)
     opts = options("mrl", "logit", "mean")
-    plain = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, opts)
-    weighted = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel,
-                                                        opts._replace(weight=class_weights(8, dtype=torch.float64)))
+    plain = reference_backend().loss(logits, mix_logits, targets, lam, index, opts)
+    weighted = reference_backend().loss(logits, mix_logits, targets, lam, index,
+                                        opts._replace(weight=class_weights(8, dtype=torch.float64)))
     torch.testing.assert_close(weighted.rank, plain.rank, rtol=0, atol=0)
     assert not torch.equal(weighted.ce, plain.ce)
 
@@ -135,10 +135,10 @@ def test_narrow_dtypes_match_reference(name, device, dtype):
 @pytest.mark.parametrize("name,device", BACKENDS)
 def test_second_backward_matches_first(name, device):
     """retain_graph: the CPU's second backward runs loss_backward, not the forward's gradient."""
-    logits, mix_logits, targets, rel = problem(6, 2, 9, seed=13, device=device)
+    logits, mix_logits, targets, lam, index = problem(6, 2, 9, seed=13, device=device)
     logits.requires_grad_()
     opts = options("mrl", "prob", "mean", weight=class_weights(9, seed=13, device=device))
-    loss = resolve("test", name, torch.device(device)).loss(logits, mix_logits, targets, rel, opts).loss
+    loss = resolve("test", name, torch.device(device)).loss(logits, mix_logits, targets, lam, index, opts).loss
     (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
     (second,) = torch.autograd.grad(loss, logits)
     torch.testing.assert_close(second, first, rtol=1e-6, atol=1e-7, msg=lambda m: f"seed {SEED}: {m}")
@@ -147,12 +147,12 @@ def test_second_backward_matches_first(name, device):
 @pytest.mark.parametrize("name,device", [pytest.param("reference", "cpu", id="reference")] + BACKENDS)
 def test_mean_over_zero_total_weight_is_zero(name, device):
     """Valid targets whose classes all weigh 0 make the CE's mean 0 (not torch's 0/0 = NaN), its gradient 0."""
-    logits, mix_logits, targets, rel = problem(5, 2, 4, ignore="none", seed=17, device=device)
+    logits, mix_logits, targets, lam, index = problem(5, 2, 4, ignore="none", seed=17, device=device)
     weight = torch.ones(4, device=device)
     weight[targets] = 0.0
     opts = options("mndcg", "logit", "mean", label_smoothing=0.1, weight=weight)
     loss, ce, rank, grad_logits, _ = run(resolve("test", name, torch.device(device)), logits, mix_logits, targets,
-                                         rel, opts)
+                                         lam, index, opts)
     assert ce.item() == 0.0
     torch.testing.assert_close(loss, opts.alpha * rank)
     assert torch.isfinite(grad_logits).all()
@@ -162,7 +162,7 @@ def test_module_holds_weight_as_buffer():
     weight = class_weights(10, dtype=torch.float64)
     criterion = rmx.RankMixupLoss(mode="mrl", weight=weight, label_smoothing=0.1)
     assert "weight" in criterion.state_dict()
-    logits, mix_logits, targets, rel = problem(7, 2, 10, seed=19)
+    logits, mix_logits, targets, lam, index = problem(7, 2, 10, seed=19)
     lam = torch.rand(2, 7, generator=gen(20))
     index = torch.stack([torch.randperm(7, generator=gen(21 + k)) for k in range(2)])
     out = criterion(logits, mix_logits, targets, lam, index)
@@ -174,7 +174,7 @@ def test_module_holds_weight_as_buffer():
 
 
 def _inputs():
-    logits, mix_logits, targets, _ = problem(4, 2, 5, seed=29)
+    logits, mix_logits, targets, _, _ = problem(4, 2, 5, seed=29)
     lam = torch.rand(2, 4, generator=gen(30))
     index = torch.stack([torch.randperm(4, generator=gen(31 + k)) for k in range(2)])
     return logits, mix_logits, targets, lam, index

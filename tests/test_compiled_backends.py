@@ -26,6 +26,7 @@ from backend_cases import (
     options,
     problem,
     reference_backend,
+    relevance_of,
     run,
     run_mix,
     strided,
@@ -89,7 +90,48 @@ def test_loss_options(backend, device, mode, score, ce_weight, label_smoothing, 
     prob = problem(12, 3, 17, ignore=ignore, seed=7, device=device)
     for reduction in REDUCTIONS:
         opts = options(mode, score, reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
-        close(run(backend, *prob, opts), run(reference_backend(device), *prob, opts))
+        expected = run(reference_backend(device), *prob, opts)
+        close(run(backend, *prob, opts), expected)
+        close(run(backend, *relevance_of(prob), opts), expected)  # the relevances given, as the drop-ins give them
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["lam(K)", "lam(K,B)"])
+def test_derived_relevance_is_the_given_one(backend, device, per_sample):
+    """The loss with each mix's relevance derived in the kernel from lam and the partners' labels
+    is the loss with those relevances given (reference.relevance, no partners), bit for bit:
+    the same numbers enter the same arithmetic. lam of 0 and 1 give a relevance of 1, as a
+    same-class pair does; a (K,) lam arrives expanded, with a zero stride."""
+    logits, mix_logits, targets, lam, index = problem(9, 4, 6, ignore="some", seed=16, device=device)
+    if per_sample:
+        lam[1, :4] = 0.0
+        lam[1, 4:] = 1.0
+    else:
+        lam = lam[:, :1].expand(lam.shape)
+    for mode, score in RANKINGS:
+        opts = options(mode, score, "none")
+        derived = run(backend, logits, mix_logits, targets, lam, index, opts)
+        given = run(backend, *relevance_of([logits, mix_logits, targets, lam, index]), opts)
+        for a, b in zip(derived, given):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode,score", RANKINGS)
+def test_partner_outside_the_batch(backend, device, mode, score):
+    """The CPU kernel raises, naming the argument; a device kernel cannot without a host sync:
+    that sample's loss and gradients are NaN, as for a label outside [0, C), the others'
+    untouched."""
+    logits, mix_logits, targets, lam, index = problem(6, 2, 5, ignore="none", seed=15, device=device)
+    opts = options(mode, score, "none")
+    expected = run(backend, logits, mix_logits, targets, lam, index, opts)
+    index[1, 4] = -1
+    if device == "cpu":
+        with pytest.raises(RuntimeError, match=r"rankmixup::loss: index\[1, 4\] = -1 is outside \[0, 6\)"):
+            run(backend, logits, mix_logits, targets, lam, index, opts)
+        return
+    loss, _, _, grad_logits, _ = run(backend, logits, mix_logits, targets, lam, index, opts)
+    assert loss[4].isnan() and grad_logits[4].isnan().all()
+    others = [0, 1, 2, 3, 5]
+    torch.testing.assert_close(loss[others], expected[0][others], rtol=0, atol=0)
 
 
 # 10: the CPU scans a block of samples at a time; 23: row by row, and on CUDA element-wise;
@@ -98,11 +140,11 @@ def test_loss_options(backend, device, mode, score, ce_weight, label_smoothing, 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_loss_any_strides(backend, device, layout, dtype, classes):
-    logits, mix_logits, targets, rel = problem(19, 3, classes, dtype=dtype, seed=3, device=device)
+    logits, mix_logits, targets, lam, index = problem(19, 3, classes, dtype=dtype, seed=3, device=device)
     opts = options("mrl", "prob", "none")
-    expected = run(backend, logits, mix_logits, targets, rel, opts)
-    actual = [run(backend, strided(logits, layout), strided(mix_logits, layout), targets, rel, opts),
-              run(backend, logits, mix_logits, targets, rel.t().contiguous().t(), opts)]  # rel strided too
+    expected = run(backend, logits, mix_logits, targets, lam, index, opts)
+    actual = [run(backend, strided(logits, layout), strided(mix_logits, layout), targets, lam, index, opts),
+              run(backend, logits, mix_logits, targets, lam.t().contiguous().t(), index.t().contiguous().t(), opts)]
     for got in actual:
         if device == "cpu":  # the CPU kernels' arithmetic never depends on the layout
             for a, e in zip(got, expected):
@@ -129,19 +171,19 @@ def test_argmax_ties_go_to_lowest_index(backend, device, classes):
     g = gen(5)
     logits = torch.randint(0, 3, (8, classes), generator=g).float().to(device)
     mix_logits = torch.randint(0, 3, (24, classes), generator=g).float().to(device)
-    _, _, targets, rel = problem(8, 3, classes, ignore="none", seed=5, device=device)
+    _, _, targets, lam, index = problem(8, 3, classes, ignore="none", seed=5, device=device)
     for mode, score in RANKINGS:
         opts = options(mode, score, "sum")
-        close(run(backend, logits, mix_logits, targets, rel, opts),
-              run(reference_backend(device), logits, mix_logits, targets, rel, opts))
+        close(run(backend, logits, mix_logits, targets, lam, index, opts),
+              run(reference_backend(device), logits, mix_logits, targets, lam, index, opts))
 
 
 def test_non_finite_valid_logits_give_nan(backend, device):
-    logits, mix_logits, targets, rel = problem(4, 2, 5, ignore="none", seed=4, device=device)
+    logits, mix_logits, targets, lam, index = problem(4, 2, 5, ignore="none", seed=4, device=device)
     logits[2, 3] = float("nan")
     mix_logits[4 + 1, 0] = float("inf")
     for mode, score in RANKINGS:
-        loss = run(backend, logits, mix_logits, targets, rel, options(mode, score, "none"))[0]
+        loss = run(backend, logits, mix_logits, targets, lam, index, options(mode, score, "none"))[0]
         assert loss[[2]].isnan().all() and torch.isfinite(loss[[0, 3]]).all()
 
 
@@ -211,9 +253,12 @@ def test_opcheck_soft_relevance(device):
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
 @pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
-def test_opcheck_loss(device, reduction, requires_grad, weighted):
-    torch.library.opcheck(torch.ops.rankmixup.loss.default,
-                          loss_args(reduction, requires_grad=requires_grad, weighted=weighted, device=device))
+@pytest.mark.parametrize("pairing", ["partners", "relevance-given"])
+def test_opcheck_loss(device, reduction, requires_grad, weighted, pairing):
+    args = loss_args(reduction, requires_grad=requires_grad, weighted=weighted, device=device)
+    if pairing == "relevance-given":
+        args = (*args[:3], reference.relevance(args[2], args[3], args[4]), None, *args[5:])
+    torch.library.opcheck(torch.ops.rankmixup.loss.default, args)
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
@@ -240,8 +285,8 @@ def test_loss_backward_at_large_logits(device, weighted):
                                               -100, args[-1])
     wide = [t.double().requires_grad_() for t in args[:2]]
     weight = None if args[-1] is None else args[-1].double()
-    expected = reference.rankmixup_loss_from_relevance(*wide, args[2], args[3].double(),
-                                                       LossOptions(*args[4:-1], weight))
+    rel = reference.relevance(args[2], args[3].double(), args[4])
+    expected = reference.rankmixup_loss_from_relevance(*wide, args[2], rel, LossOptions(*args[5:-1], weight))
     expected = torch.autograd.grad(expected.loss, wide)
     for name, got, want in zip(("grad_logits", "grad_mix_logits"), grads, expected):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item(),
@@ -260,12 +305,12 @@ def test_opcheck_mix(device, per_sample):
 def test_compiled_training_step_has_no_graph_break(backend, device, compiler):
     model = torch.nn.Linear(8, 5).to(device)
     x = torch.randn(6, 8, device=device)
-    _, _, targets, rel = problem(6, 3, 5, seed=14, device=device)
+    targets = problem(6, 3, 5, seed=14, device=device)[2]
     _, lam, index = mix_problem(6, 3, (8,), per_sample=True, seed=14, device=device)
 
     def step(x):
         out = model(torch.cat([x, backend.mix(x, lam, index)]))
-        return backend.loss(out[:6], out[6:], targets, rel, options("mrl", "prob")).loss
+        return backend.loss(out[:6], out[6:], targets, lam, index, options("mrl", "prob")).loss
 
     step(x).backward()
     grad = model.weight.grad.clone()

@@ -53,12 +53,12 @@ def test_loss_blocks_of_samples(mode, score, classes):
     torch.set_num_threads(2)
     try:
         for batch in (37, 300):
-            logits, mix_logits, targets, rel = problem(batch, 2, classes, seed=batch + classes)
+            logits, mix_logits, targets, lam, index = problem(batch, 2, classes, seed=batch + classes)
             if classes > 1:  # targets are below C // 2: the last class is never one
                 logits[::5, -1] = mix_logits[::3, -1] = float("-inf")
             for reduction in REDUCTIONS:
                 opts = options(mode, score, reduction)
-                prob = (logits, mix_logits, targets, rel)
+                prob = (logits, mix_logits, targets, lam, index)
                 close(run(CPU, *prob, opts), run(reference_backend(), *prob, opts))
     finally:
         torch.set_num_threads(threads)
@@ -85,36 +85,36 @@ def test_loss_without_packs_matches_reference():
 def test_ignored_rows_change_nothing():
     """Ignored samples' logits, whatever they hold, give a loss and gradients of exactly 0 and
     spoil no other sample (rows of at most 16 classes are read, in blocks; longer ones are not)."""
-    logits, mix_logits, targets, rel = problem(6, 3, 9, ignore="none", seed=2)
+    logits, mix_logits, targets, lam, index = problem(6, 3, 9, ignore="none", seed=2)
     targets[[1, 4]] = -100  # (C=9: the block scan reads them; test_loss_options has C=17)
     for rows in ([1, 4], [7, 10, 13, 16]):  # raw rows, then mix rows k*B + b of the same samples
         (logits if rows[0] < 6 else mix_logits)[rows] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(3)
     for mode, score in RANKINGS:
-        loss, ce, rank, grad_logits, grad_mix = run(CPU, logits, mix_logits, targets, rel, options(mode, score, "none"))
+        loss, ce, rank, grad_logits, grad_mix = run(CPU, logits, mix_logits, targets, lam, index, options(mode, score, "none"))
         assert torch.isfinite(loss).all() and loss[[1, 4]].eq(0).all()
         assert grad_logits[[1, 4]].eq(0).all() and grad_mix.view(3, 6, 9)[:, [1, 4]].eq(0).all()
         assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_mix).all()
 
 
 def test_forward_only_and_partial_grads():
-    logits, mix_logits, targets, rel = problem(8, 3, 10, seed=6)
+    logits, mix_logits, targets, lam, index = problem(8, 3, 10, seed=6)
     opts = options()
     with torch.no_grad():
-        no_grad = CPU.loss(logits, mix_logits, targets, rel, opts)
-    expected = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, opts)
+        no_grad = CPU.loss(logits, mix_logits, targets, lam, index, opts)
+    expected = reference_backend().loss(logits, mix_logits, targets, lam, index, opts)
     torch.testing.assert_close(no_grad.loss, expected.loss)
     raw = logits.clone().requires_grad_()  # only one input needs a gradient
-    CPU.loss(raw, mix_logits, targets, rel, opts).loss.backward()
+    CPU.loss(raw, mix_logits, targets, lam, index, opts).loss.backward()
     raw_ref = logits.clone().requires_grad_()
-    expected = reference.rankmixup_loss_from_relevance(raw_ref, mix_logits, targets, rel, opts)
+    expected = reference_backend().loss(raw_ref, mix_logits, targets, lam, index, opts)
     expected.loss.backward()
     torch.testing.assert_close(raw.grad, raw_ref.grad)
 
 
 def test_retain_graph_backward_twice():
-    logits, mix_logits, targets, rel = problem(8, 3, 10, seed=8)
+    logits, mix_logits, targets, lam, index = problem(8, 3, 10, seed=8)
     raw = logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix_logits, targets, rel, options()).loss
+    loss = CPU.loss(raw, mix_logits, targets, lam, index, options()).loss
     loss.backward(retain_graph=True)
     first = raw.grad.clone()
     (3 * loss).backward()
@@ -128,9 +128,9 @@ def test_retain_graph_second_backward_recomputes(reduction, dtype):
     (retain_graph) recomputes it with the loss_backward op; bfloat16 takes loss_backward both
     times. Either way both backwards give the same gradient. Per-sample weights of exactly 1
     (rows the first backward leaves as the forward wrote them) sit beside other weights."""
-    logits, mix_logits, targets, rel = problem(8, 3, 21, dtype=dtype, seed=8)
+    logits, mix_logits, targets, lam, index = problem(8, 3, 21, dtype=dtype, seed=8)
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix, targets, rel, options(reduction=reduction)).loss
+    loss = CPU.loss(raw, mix, targets, lam, index, options(reduction=reduction)).loss
     weight = torch.rand(loss.shape, generator=gen(8)) + 0.5
     if reduction == "none":
         weight[::2] = 1.0
@@ -145,10 +145,10 @@ def test_retain_graph_second_backward_recomputes(reduction, dtype):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_ignored_rows_stay_zero_whatever_grad_output(reduction):
     """0 * inf is NaN: the scaling of the forward's gradients must not multiply ignored rows."""
-    logits, mix_logits, targets, rel = problem(6, 2, 9, ignore="none", seed=18)
+    logits, mix_logits, targets, lam, index = problem(6, 2, 9, ignore="none", seed=18)
     targets[[1, 4]] = -100
     raw, mix = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix, targets, rel, options(reduction=reduction)).loss
+    loss = CPU.loss(raw, mix, targets, lam, index, options(reduction=reduction)).loss
     loss.backward(torch.full_like(loss, float("inf")), retain_graph=True)
     first = raw.grad.clone(), mix.grad.clone()
     raw.grad = mix.grad = None
@@ -160,12 +160,12 @@ def test_ignored_rows_stay_zero_whatever_grad_output(reduction):
 def test_create_graph_gives_the_first_derivative():
     """With create_graph the backward recomputes with the loss_backward op instead of scaling the
     forward's gradients (csrc/autograd.cpp); either way the first derivative is the reference's."""
-    logits, mix_logits, targets, rel = problem(5, 2, 7, seed=19)
+    logits, mix_logits, targets, lam, index = problem(5, 2, 7, seed=19)
     raw = logits.clone().requires_grad_()
-    loss = CPU.loss(raw, mix_logits, targets, rel, options()).loss
+    loss = CPU.loss(raw, mix_logits, targets, lam, index, options()).loss
     (grad,) = torch.autograd.grad(loss, raw, create_graph=True)
     ref_raw = logits.clone().requires_grad_()
-    expected = reference.rankmixup_loss_from_relevance(ref_raw, mix_logits, targets, rel, options()).loss
+    expected = reference_backend().loss(ref_raw, mix_logits, targets, lam, index, options()).loss
     torch.testing.assert_close(grad, torch.autograd.grad(expected, ref_raw)[0])
 
 
@@ -174,10 +174,10 @@ def test_create_graph_gives_the_first_derivative():
 def test_loss_with_grad_equals_loss_then_backward(classes, dtype):
     """The CPU forward's gradients (autograd's path) against the loss_backward op's, both at
     grad_output = 1 and in float32 accumulation; non-contiguous logits and NaN rows included."""
-    logits, mix_logits, targets, rel = problem(6, 3, classes, dtype=dtype, ignore="none", seed=17)
+    logits, mix_logits, targets, lam, index = problem(6, 3, classes, dtype=dtype, ignore="none", seed=17)
     logits = strided(logits, "transposed")
     mix_logits[4, 0] = float("nan")  # a poisoned mix row: its gradient is NaN on both paths
-    args = (logits, mix_logits, targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    args = (logits, mix_logits, targets, lam, index, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
     *outputs, grad_logits, grad_mix = torch.ops.rankmixup.loss_with_grad(*args)
     expected = torch.ops.rankmixup.loss(*args)
     for got, want in zip(outputs, expected):
@@ -192,10 +192,10 @@ def test_loss_with_grad_equals_loss_then_backward(classes, dtype):
 
 
 def test_bad_targets_raise():
-    logits, mix_logits, targets, rel = problem(4, 1, 5, ignore="none", seed=9)
+    logits, mix_logits, targets, lam, index = problem(4, 1, 5, ignore="none", seed=9)
     targets[0] = 5
     with pytest.raises(RuntimeError, match="outside"):
-        CPU.loss(logits, mix_logits, targets, rel, options())
+        CPU.loss(logits, mix_logits, targets, lam, index, options())
 
 
 # --- mix ---------------------------------------------------------------------------------
@@ -209,21 +209,6 @@ def test_mix_bad_index_raises():
     out = CPU.mix(x.requires_grad_(), lam, index)
     with pytest.raises(RuntimeError, match="not a permutation"):
         out.sum().backward()
-
-
-@pytest.mark.parametrize("per_sample", [False, True], ids=["lam(K)", "lam(K,B)"])
-def test_relevance_matches_reference(per_sample):
-    _, lam, index = mix_problem(9, 4, (1,), per_sample=per_sample, seed=15)
-    if per_sample:
-        lam = lam.clone()
-        lam[1, :4] = 0.0  # lam of 0 and 1: rel is 1, as for a same-class pair
-        lam[1, 4:] = 1.0
-    targets = torch.randint(0, 3, (9,), generator=gen(15))  # many same-class pairs
-    rel = CPU.relevance(targets, lam, index)
-    assert torch.equal(rel, reference.relevance(targets, lam, index))
-    assert not CPU.relevance(targets, lam.detach().requires_grad_(), index).requires_grad  # never differentiable
-    with pytest.raises(RuntimeError, match="outside"):
-        CPU.relevance(targets, lam, index + 1)
 
 
 def test_soft_relevance_rejects_what_it_cannot_read():
@@ -253,13 +238,6 @@ def test_opcheck_scale_grads(reduction):
     torch.library.opcheck(torch.ops.rankmixup.scale_grads_.default, (grad_logits, grad_mix, grad_loss, args[2], -100))
 
 
-@pytest.mark.parametrize("per_sample", [False, True])
-def test_opcheck_relevance(per_sample):
-    _, lam, index = mix_problem(6, 3, (1,), per_sample=per_sample, seed=16)
-    targets = torch.randint(0, 2, (6,), generator=gen(16))
-    torch.library.opcheck(torch.ops.rankmixup.relevance.default, (targets, lam, index))
-
-
 def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
     """Called directly with a mix_logits of another width, the backward op must refuse rather
     than index rows with the logits' C (which would run out of bounds)."""
@@ -268,7 +246,7 @@ def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
     mix_logits = torch.randn(num_mix * batch, classes)
     targets = torch.tensor([0, 1, 2])
     rel = torch.full((num_mix, batch), 0.6)
-    out = torch.ops.rankmixup.loss(logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.1, 2.0, -100, 0.0, "mean")
+    out = torch.ops.rankmixup.loss(logits, mix_logits, targets, rel, None, "mndcg", "logit", 1.0, 0.1, 2.0, -100, 0.0, "mean")
     row_coefs, row_argmax = out[3], out[4]
     narrow = torch.randn(num_mix * batch, classes - 2)
     with pytest.raises(RuntimeError, match="mix_logits must be"):
@@ -294,9 +272,9 @@ def test_bfloat16_rows_convert_as_torch_does(classes):
     rounded by torch (ties to even), and NaN where those are. (NaN bits differ: the kernels write
     c10::BFloat16's 0x7FC0, as the scalar conversion they replace did; torch's vectorised one
     keeps the sign and payload.)"""
-    logits, mix_logits, targets, rel = problem(16, 2, classes, dtype=torch.bfloat16, ignore="none", seed=23)
+    logits, mix_logits, targets, lam, index = problem(16, 2, classes, dtype=torch.bfloat16, ignore="none", seed=23)
     mix_logits[5, 3] = float("nan")
-    args = (targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    args = (targets, lam, index, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
     grad_loss = torch.tensor(0.7)
     low = torch.ops.rankmixup.loss(logits, mix_logits, *args)
     grads_low = torch.ops.rankmixup.loss_backward(grad_loss, logits, mix_logits, targets, low[3], low[4], -100)
@@ -344,20 +322,19 @@ def test_direct_entry_points_equal_torch_ops():
     kernels, so the same bits, forward and backward."""
     from rankmixup_ops import compiled
 
-    logits, mix_logits, targets, rel = problem(20, 2, 10, seed=5)
-    assert compiled._entry(logits, mix_logits, targets, rel) is compiled._C
-    direct = run(CPU, logits, mix_logits, targets, rel, options())
+    logits, mix_logits, targets, lam, index = problem(20, 2, 10, seed=5)
+    assert compiled._entry(logits, mix_logits, targets, lam, index) is compiled._C
+    direct = run(CPU, logits, mix_logits, targets, lam, index, options())
 
     class ViaOps:  # the backend's loss, through torch.ops
         @staticmethod
-        def loss(logits, mix_logits, targets, rel, opts):
-            return compiled.LossOutput(*compiled.ops.loss(logits, mix_logits, targets, rel, *opts)[:3])
+        def loss(logits, mix_logits, targets, lam, index, opts):
+            return compiled.LossOutput(*compiled.ops.loss(logits, mix_logits, targets, lam, index, *opts)[:3])
 
-    for a, b in zip(direct, run(ViaOps, logits, mix_logits, targets, rel, options())):
+    for a, b in zip(direct, run(ViaOps, logits, mix_logits, targets, lam, index, options())):
         assert torch.equal(a, b)
     lam = torch.rand(2, 20, generator=gen(1))
     index = torch.stack([torch.randperm(20, generator=gen(2)) for _ in range(2)])
-    assert torch.equal(CPU.relevance(targets, lam, index), compiled.ops.relevance(targets, lam, index))
     x = torch.randn(20, 3, generator=gen(3))
     assert torch.equal(CPU.mix(x, lam, index), compiled.ops.mix(x, lam, index))
     soft = reference.soft_targets(targets, lam, index, 10)
@@ -368,9 +345,9 @@ def test_direct_entry_points_raise_as_torch_ops_does():
     """The same exception type and message as the torch.ops binding (no C++ backtrace)."""
     from rankmixup_ops import compiled
 
-    logits, mix_logits, targets, rel = problem(4, 1, 3, ignore="none", seed=8)
+    logits, mix_logits, targets, lam, index = problem(4, 1, 3, ignore="none", seed=8)
     targets[1] = 7  # past C: the kernel's own check (the public API's validate=True would catch it first)
-    args = (logits, mix_logits, targets, rel, "mndcg", "logit", 1.0, 0.3, 1.5, -100, 0.0, "mean", None)
+    args = (logits, mix_logits, targets, lam, index, "mndcg", "logit", 1.0, 0.3, 1.5, -100, 0.0, "mean", None)
     errors = []
     for entry in (compiled._C, compiled.ops):
         with pytest.raises(RuntimeError, match="target 7 of sample 1 is outside") as error:
@@ -384,19 +361,19 @@ def test_torch_function_modes_and_subclasses_get_torch_ops():
     tensor subclass are offered the torch.ops call; the direct entry points would skip them."""
     from rankmixup_ops import compiled
 
-    logits, mix_logits, targets, rel = problem(6, 2, 5, seed=6)
+    logits, mix_logits, targets, lam, index = problem(6, 2, 5, seed=6)
     with _FunctionLog() as log:
-        assert compiled._entry(logits, mix_logits, targets, rel) is compiled.ops
-        CPU.loss(logits, mix_logits, targets, rel, options())
+        assert compiled._entry(logits, mix_logits, targets, lam, index) is compiled.ops
+        CPU.loss(logits, mix_logits, targets, lam, index, options())
     assert log.seen == [torch.ops.rankmixup.loss]
     subclassed = logits.as_subclass(_Subclass)
-    assert compiled._entry(subclassed, mix_logits, targets, rel) is compiled.ops
+    assert compiled._entry(subclassed, mix_logits, targets, lam, index) is compiled.ops
 
 
 def test_dispatch_modes_see_direct_calls():
     """__torch_dispatch__ modes (fake tensors, tracing, FLOP counters) are handed the operator
     by the dispatcher, whichever entry point the call took."""
-    logits, mix_logits, targets, rel = problem(6, 2, 5, seed=7)
+    logits, mix_logits, targets, lam, index = problem(6, 2, 5, seed=7)
     with _DispatchLog() as log:
-        CPU.loss(logits, mix_logits, targets, rel, options())
+        CPU.loss(logits, mix_logits, targets, lam, index, options())
     assert log.seen == [torch.ops.rankmixup.loss.default]

@@ -107,20 +107,20 @@ def test_loss_many_mixes(num_mix, classes):
 
 @gpu
 def test_loss_too_many_mixes_raise():
-    logits, mix_logits, targets, rel = problem(2, 1000, 2, device="cuda")
+    logits, mix_logits, targets, lam, index = problem(2, 1000, 2, device="cuda")
     with pytest.raises(RuntimeError, match="shared memory"):
-        CUDA.loss(logits, mix_logits, targets, rel, options())
+        CUDA.loss(logits, mix_logits, targets, lam, index, options())
 
 
 @gpu
 def test_ignored_rows_never_read():
-    logits, mix_logits, targets, rel = problem(6, 3, 9, ignore="none", seed=2, device="cuda")
+    logits, mix_logits, targets, lam, index = problem(6, 3, 9, ignore="none", seed=2, device="cuda")
     targets[[1, 4]] = -100
     poison = torch.tensor([float("nan"), float("inf"), -float("inf")], device="cuda").repeat(3)
     logits[[1, 4]] = poison
     mix_logits[[7, 10, 13, 16]] = poison  # rows k*B + b of the same samples
     for mode, score in RANKINGS:
-        loss, _, _, grad_logits, grad_mix = run(CUDA, logits, mix_logits, targets, rel, options(mode, score, "none"))
+        loss, _, _, grad_logits, grad_mix = run(CUDA, logits, mix_logits, targets, lam, index, options(mode, score, "none"))
         assert torch.isfinite(loss).all() and loss[[1, 4]].eq(0).all()
         assert grad_logits[[1, 4]].eq(0).all() and grad_mix.view(3, 6, 9)[:, [1, 4]].eq(0).all()
         assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_mix).all()
@@ -129,23 +129,23 @@ def test_ignored_rows_never_read():
 @gpu
 def test_bad_targets_give_nan_not_a_fault():
     """A label outside [0, C) cannot be reported without a host sync: its sample is NaN."""
-    logits, mix_logits, targets, rel = problem(4, 1, 5, ignore="none", seed=9, device="cuda")
+    logits, mix_logits, targets, lam, index = problem(4, 1, 5, ignore="none", seed=9, device="cuda")
     targets[0], targets[2] = 5, -3
-    loss = run(CUDA, logits, mix_logits, targets, rel, options(reduction="none"))[0]
+    loss = run(CUDA, logits, mix_logits, targets, lam, index, options(reduction="none"))[0]
     assert loss[[0, 2]].isnan().all() and torch.isfinite(loss[[1, 3]]).all()
     torch.cuda.synchronize()  # no device-side fault
 
 
 @gpu
 def test_forward_only_and_retain_graph():
-    logits, mix_logits, targets, rel = problem(8, 3, 10, seed=6, device="cuda")
+    logits, mix_logits, targets, lam, index = problem(8, 3, 10, seed=6, device="cuda")
     opts = options()
     with torch.no_grad():
-        no_grad = CUDA.loss(logits, mix_logits, targets, rel, opts)
-    torch.testing.assert_close(no_grad.loss, reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel,
-                                                                                     opts).loss)
+        no_grad = CUDA.loss(logits, mix_logits, targets, lam, index, opts)
+    torch.testing.assert_close(no_grad.loss, reference_backend("cuda").loss(logits, mix_logits, targets, lam, index,
+                                                                           opts).loss)
     raw = logits.clone().requires_grad_()  # only one input needs a gradient
-    loss = CUDA.loss(raw, mix_logits, targets, rel, opts).loss
+    loss = CUDA.loss(raw, mix_logits, targets, lam, index, opts).loss
     loss.backward(retain_graph=True)
     first = raw.grad.clone()
     (3 * loss).backward()
@@ -181,8 +181,8 @@ def test_loss_runs_on_the_current_stream():
 @gpu
 def test_forward_and_backward_capture_in_a_cuda_graph():
     """No host synchronisation in either direction: both ops record into a CUDA graph."""
-    logits, mix_logits, targets, rel = problem(16, 3, 33, seed=23, device="cuda")
-    args = (logits, mix_logits, targets, rel, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
+    logits, mix_logits, targets, lam, index = problem(16, 3, 33, seed=23, device="cuda")
+    args = (logits, mix_logits, targets, lam, index, "mndcg", "prob", 1.0, 0.3, 1.5, -100, 0.1, "mean")
     eager = torch.ops.rankmixup.loss(*args)
     eager_grads = torch.ops.rankmixup.loss_backward(torch.ones((), device="cuda"), logits, mix_logits, targets,
                                                      eager[3], eager[4], -100)

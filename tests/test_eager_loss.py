@@ -231,7 +231,7 @@ def test_compat_takes_the_common_calls_and_equals_the_checked_path(monkeypatch, 
     else:  # there auto runs Triton where it is installed: forward's steps on the CUDA backend
         cuda = compiled.load_backend("cuda")
         rel = cuda.soft_relevance(args[3], 3, args[0].dtype if dtype == torch.float64 else torch.float32)
-        expected = cuda.loss(args[0], args[2], args[1], rel, criterion.options)
+        expected = cuda.loss(args[0], args[2], args[1], rel, None, criterion.options)
     logit_args = (args[0], args[2])
     for got, want in zip(outputs_and_grads(out, logit_args), outputs_and_grads(expected, logit_args)):
         assert got.dtype == want.dtype and torch.equal(got, want), f"(seed {SEED})"

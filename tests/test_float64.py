@@ -9,6 +9,7 @@ import torch
 
 import rankmixup_ops as rmx
 from rankmixup_ops import reference
+from rankmixup_ops._types import LossOptions
 from rankmixup_ops.backends import BackendUnavailable, resolve
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -41,12 +42,18 @@ def _problem(device: str, seed: int = 0):
 
 
 @pytest.mark.parametrize(("backend", "device"), CASES)
-def test_relevance_keeps_float64(backend, device):
+def test_derived_relevance_is_float64(backend, device):
+    """The relevance each backend derives from float64 lam is the float64 one: the loss equals,
+    bit for bit, the loss given reference.relevance's float64 relevances."""
     impl = _backend(backend, device)
-    _, _, targets, lam, index = _problem(device)
-    rel = impl.relevance(targets, lam, index)
+    logits, mix_logits, targets, lam, index = _problem(device)
+    options = LossOptions(mode="mndcg", reduction="none")
+    derived = impl.loss(logits, mix_logits, targets, lam, index, options).loss
+    rel = reference.relevance(targets, lam, index)
     assert rel.dtype == torch.float64
-    torch.testing.assert_close(rel, reference.relevance(targets, lam, index), rtol=0, atol=0)
+    given = impl.loss(logits, mix_logits, targets, rel, None, options).loss
+    assert derived.dtype == torch.float64
+    torch.testing.assert_close(derived, given, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("backend", "device"), CASES)
@@ -81,10 +88,9 @@ def test_mix_sees_float64_lam_unrounded(backend, device):
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_float32_logits_take_float64_lam_as_float32(backend):
     """The other direction: narrower data computes in float32, whatever lam's dtype."""
-    impl = _backend(backend, "cpu")
+    _backend(backend, "cpu")
     logits, mix_logits, targets, lam, index = _problem("cpu", seed=3)
     out = rmx.rankmixup_loss(logits.float(), mix_logits.float(), targets, lam, index, backend=backend)
     want = rmx.rankmixup_loss(logits.float(), mix_logits.float(), targets, lam.float(), index, backend=backend)
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, want.loss, rtol=0, atol=0)
-    assert impl.relevance(targets, lam.float(), index).dtype == torch.float32

@@ -30,12 +30,14 @@ DEVICES = [
         marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
     ),
 ]
+REFERENCE = reference.load_backend("reference")
 # (mode, score) pairs: M-NDCG always ranks by confidence.
 RANKINGS = [("mrl", "logit"), ("mrl", "prob"), ("mndcg", "logit")]
 
 
 def _problem(device, *, batch=6, classes=37, num_mix=3, dtype=torch.float32, seed=0, tied_lam=False):
-    """Random logits with one ignored sample and one same-class pair (rel = 1, MRL mask off)."""
+    """Random logits, targets, lam and index with one ignored sample and one same-class pair
+    (relevance 1, MRL mask off)."""
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch, classes, generator=gen, dtype=torch.float64) * 3
     mix_logits = torch.randn(num_mix * batch, classes, generator=gen, dtype=torch.float64) * 3
@@ -47,8 +49,8 @@ def _problem(device, *, batch=6, classes=37, num_mix=3, dtype=torch.float32, see
     if batch > 2:
         targets[index[0, 1]] = targets[1]
         targets[batch - 1] = -100
-    rel = reference.relevance(targets, lam, index)
-    return [t.to(device) for t in (logits.to(dtype), mix_logits.to(dtype), targets, rel)]
+    lam = lam.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return [t.to(device) for t in (logits.to(dtype), mix_logits.to(dtype), targets, lam, index)]
 
 
 def _options(mode="mndcg", score="logit", reduction="mean", **overrides):
@@ -56,12 +58,12 @@ def _options(mode="mndcg", score="logit", reduction="mean", **overrides):
     return LossOptions(mode=mode, score=score, alpha=0.7, margin=margin, reduction=reduction)._replace(**overrides)
 
 
-def _run(loss_fn, logits, mix_logits, targets, rel, options, grad_scale=0.7, **kwargs):
+def _run(loss_fn, logits, mix_logits, targets, lam, index, options, grad_scale=0.7, **kwargs):
     """Loss parts and the gradients of ``grad_scale * loss`` (a fixed random weight per sample
     for reduction="none") with respect to both logit tensors."""
     logits = logits.detach().requires_grad_()
     mix_logits = mix_logits.detach().requires_grad_()
-    out = loss_fn(logits, mix_logits, targets, rel, options, **kwargs)
+    out = loss_fn(logits, mix_logits, targets, lam, index, options, **kwargs)
     weight = torch.full_like(out.loss, grad_scale)
     if out.loss.dim():
         weight = torch.linspace(-1, 2, out.loss.numel(), dtype=out.loss.dtype, device=out.loss.device)
@@ -71,7 +73,7 @@ def _run(loss_fn, logits, mix_logits, targets, rel, options, grad_scale=0.7, **k
 
 def _assert_matches_reference(inputs, options, **kwargs):
     got = _run(triton_loss.rankmixup_loss, *inputs, options, **kwargs)
-    want = _run(reference.rankmixup_loss_from_relevance, *inputs, options)
+    want = _run(REFERENCE.loss, *inputs, options)
     for name, g, w in zip(("loss", "ce", "rank", "grad logits", "grad mix"), got, want):
         assert g.dtype == w.dtype and g.shape == w.shape, name
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -100,9 +102,9 @@ def test_loss_every_num_mix(device, num_mix, mode):
 def test_argmax_ties_go_to_the_lowest_class(device, mode, score):
     """Small-integer logits tie often, within and across chunks of 8; the score and its
     gradient must follow the first maximum, as torch.argmax does."""
-    logits, mix_logits, targets, rel = _problem(device, batch=4, classes=29)
+    logits, mix_logits, targets, lam, index = _problem(device, batch=4, classes=29)
     logits, mix_logits = logits.round().clamp(-2, 2), mix_logits.round().clamp(-2, 2)
-    _assert_matches_reference((logits, mix_logits, targets, rel), _options(mode, score), block_c=8)
+    _assert_matches_reference((logits, mix_logits, targets, lam, index), _options(mode, score), block_c=8)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -116,50 +118,78 @@ def test_loss_odd_sizes(device, batch, classes, block_c):
 @pytest.mark.parametrize("device", DEVICES)
 def test_ignored_samples_are_inert(device):
     """Ignored samples' non-finite logits reach no output, and their rows get exactly zero."""
-    logits, mix_logits, targets, rel = _problem(device)
+    logits, mix_logits, targets, lam, index = _problem(device)
     ignored = (targets == -100).nonzero().flatten()
     logits[ignored] = float("nan")
     mix_logits.view(3, 6, -1)[:, ignored] = float("inf")
     for mode, score in RANKINGS:
-        got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, _options(mode, score), block_c=16)
+        got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, _options(mode, score), block_c=16)
         assert all(bool(t.isfinite().all()) for t in got)
         assert not got[3][ignored].any() and not got[4].view(3, 6, -1)[:, ignored].any()
-        _assert_matches_reference((logits, mix_logits, targets, rel), _options(mode, score))
+        _assert_matches_reference((logits, mix_logits, targets, lam, index), _options(mode, score))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_masked_leading_chunk_is_not_nan(device):
     """-inf logits are masked classes even when a whole chunk of the online softmax holds
     nothing else (where max - max would be NaN)."""
-    logits, mix_logits, targets, rel = _problem(device, classes=40)
+    logits, mix_logits, targets, lam, index = _problem(device, classes=40)
     logits[:, :16] = float("-inf")
     mix_logits[:, 16:32] = float("-inf")
     targets[targets < 16] = 20  # keep every valid label on a finite logit
     options = _options(mode="mrl", score="prob")
-    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, options, block_c=16)
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, options, block_c=16)
     assert all(bool(t.isfinite().all()) for t in got)
-    _assert_matches_reference((logits, mix_logits, targets, rel), options, block_c=16)
+    _assert_matches_reference((logits, mix_logits, targets, lam, index), options, block_c=16)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_label_out_of_range_gives_nan_for_its_sample_only(device):
     """Checking a label's range would need a host sync: the sample's loss is NaN instead."""
-    logits, mix_logits, targets, rel = _problem(device)
+    logits, mix_logits, targets, lam, index = _problem(device)
     valid = (targets != -100).nonzero().flatten()
     targets[valid[0]] = logits.shape[1]
-    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, _options(reduction="none"))
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, _options(reduction="none"))
     others = valid[1:]
     assert got[1][valid[0]].isnan() and got[0][valid[0]].isnan() and got[3][valid[0]].isnan().all()
     assert got[0][others].isfinite().all() and got[3][others].isfinite().all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+def test_partner_outside_the_batch_gives_nan_for_its_sample_only(device, mode, score):
+    """Likewise for a partner index outside [0, B): its sample is NaN, whatever the ranking."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    valid = (targets != -100).nonzero().flatten()
+    index[1, valid[0]] = logits.shape[0]
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, _options(mode, score, "none"))
+    others = valid[1:]
+    assert got[0][valid[0]].isnan() and got[3][valid[0]].isnan().all()
+    assert got[0][others].isfinite().all() and got[3][others].isfinite().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("mode", "score"), RANKINGS)
+def test_derived_relevance_is_the_given_one(device, mode, score):
+    """The kernel's relevances from lam and the partners' labels are reference.relevance's, bit
+    for bit (tied lam, a same-class pair, a (K,) lam expanded)."""
+    logits, mix_logits, targets, lam, index = _problem(device, tied_lam=True)
+    for pairing_lam in (lam, lam[:, :1].expand(lam.shape)):
+        options = _options(mode, score, "none")
+        derived = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, pairing_lam, index, options)
+        rel = reference.relevance(targets, pairing_lam, index)
+        given = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, None, options)
+        for a, b in zip(derived, given):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_samples_ignored_gives_zero_not_nan(device, reduction):
-    logits, mix_logits, targets, rel = _problem(device, batch=3)
+    logits, mix_logits, targets, lam, index = _problem(device, batch=3)
     targets = torch.full_like(targets, 7)
     options = _options(reduction=reduction, ignore_index=7)
-    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, rel, options)
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, options)
     assert all(not t.any() for t in got)
 
 
@@ -174,14 +204,14 @@ def test_hyperparameters_reach_the_kernel(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_grad_forward_writes_no_gradient(device):
-    logits, mix_logits, targets, rel = _problem(device)
+    logits, mix_logits, targets, lam, index = _problem(device)
     options = _options(reduction="none")
     with torch.no_grad():
         out = triton_loss.fused_loss(
-            logits, mix_logits, targets, rel, "mndcg", "logit", -100, 1.0, 0.7, 2.0, 0.0, False, 0
+            logits, mix_logits, targets, lam, index, "mndcg", "logit", -100, 1.0, 0.7, 2.0, 0.0, False, 0
         )
     assert out[3].shape == (0, logits.shape[1])
-    want = reference.rankmixup_loss_from_relevance(logits, mix_logits, targets, rel, options)
+    want = REFERENCE.loss(logits, mix_logits, targets, lam, index, options)
     torch.testing.assert_close(out[0], want.loss)
 
 
@@ -192,11 +222,12 @@ def test_low_precision_within_twice_torch_error(device, dtype, mode, score):
     """Against a float64 reference, no worse than twice the reference's own error in the dtype
     (plus one unit in the last place under the interpreter, which rounds float32 to bfloat16
     by truncation where the GPU rounds to nearest)."""
-    exact = [t.double() if t.is_floating_point() else t for t in _problem(device)]
-    low = [t.to(dtype) if t.dtype == torch.float64 else t for t in exact]
+    logits, mix_logits, targets, lam, index = _problem(device)
+    exact = [logits.double(), mix_logits.double(), targets, lam.double(), index]
+    low = [logits.to(dtype), mix_logits.to(dtype), targets, lam, index]
     options = _options(mode, score, label_smoothing=0.1)
-    want = _run(reference.rankmixup_loss_from_relevance, *exact, options)
-    torch_own = _run(reference.rankmixup_loss_from_relevance, *low, options)
+    want = _run(REFERENCE.loss, *exact, options)
+    torch_own = _run(REFERENCE.loss, *low, options)
     got = _run(triton_loss.rankmixup_loss, *low, options, block_c=16)
     truncating = device == "cpu" and dtype == torch.bfloat16
     for name, g, t, w in zip(("loss", "ce", "rank", "grad logits", "grad mix"), got, torch_own, want):
@@ -212,7 +243,7 @@ def test_float64_is_computed_in_float64(device):
     inputs = _problem(device, dtype=torch.float64)
     for mode, score in RANKINGS:
         got = _run(triton_loss.rankmixup_loss, *inputs, _options(mode, score, label_smoothing=0.1), block_c=16)
-        want = _run(reference.rankmixup_loss_from_relevance, *inputs, _options(mode, score, label_smoothing=0.1))
+        want = _run(REFERENCE.loss, *inputs, _options(mode, score, label_smoothing=0.1))
         for g, w in zip(got, want):
             # Interpreted kernels receive the hyperparameters as float32, compiled ones as float64.
             torch.testing.assert_close(g, w, rtol=1e-7 if device == "cpu" else 1e-10, atol=1e-9)
@@ -221,7 +252,7 @@ def test_float64_is_computed_in_float64(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_public_api_with_strided_inputs(device):
     """Through rankmixup_loss(backend="triton"): column-strided logits, (K, B, C) sliced mixes."""
-    logits, mix_logits, targets, _ = _problem(device)
+    logits, mix_logits, targets, _, _ = _problem(device)
     gen = torch.Generator().manual_seed(3)
     lam = torch.rand(3, generator=gen).to(device)
     index = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)]).to(device)
@@ -290,12 +321,14 @@ def _mix_and_grad(fn, x, lam, index, grad, **kwargs):
 
 
 def _op_samples(device):
-    logits, mix_logits, targets, rel = _problem(device)
+    logits, mix_logits, targets, lam, index = _problem(device)
     logits.requires_grad_()
     mix_logits.requires_grad_()
     for mode, score in RANKINGS:
         options = (mode, score, -100, 1.0, 0.7, 2.0, 0.1, True, 16)
-        yield triton_loss.fused_loss, (logits, mix_logits, targets, rel, *options)
+        yield triton_loss.fused_loss, (logits, mix_logits, targets, lam, index, *options)
+    rel = reference.relevance(targets, lam, index)  # the relevances given, as the drop-in classes give them
+    yield triton_loss.fused_loss, (logits, mix_logits, targets, rel, None, *options)
     x = torch.randn(6, 3, 5, device=device, requires_grad=True)
     index = torch.stack([torch.randperm(6, device=device) for _ in range(3)])
     yield triton_mix.mix, (x, torch.rand(3, 6, device=device), index)

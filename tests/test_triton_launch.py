@@ -41,7 +41,7 @@ TRACE_EVERY_OP = textwrap.dedent(
     x, lam, index = torch.randn(B, 3, 5), torch.rand(K, B), torch.stack([torch.randperm(B)] * K)
     calls = {
         "fused_loss": (loss.fused_loss, torch.randn(B, C), torch.randn(K * B, C), torch.randint(0, C, (B,)),
-                       torch.rand(K, B), "mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0, True, 0),
+                       lam, index, "mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0, True, 0),
         "fused_loss_backward": (loss.fused_loss_backward, torch.randn((K + 1) * B, C), torch.rand(B)),
         "mix": (mix.mix, x, lam, index),
         "mix_backward": (mix.mix_backward, torch.randn(K * B, 3, 5), lam, index),

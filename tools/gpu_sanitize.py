@@ -71,8 +71,8 @@ def workload() -> None:
         targets = torch.randint(0, classes, (batch,), generator=gen)
         targets[0] = -100
         index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)])
-        rel = reference.relevance(targets, torch.rand(num_mix, batch, generator=gen), index).cuda()
-        targets = targets.cuda()
+        lam = torch.rand(num_mix, batch, generator=gen).cuda()
+        index, targets = index.cuda(), targets.cuda()
         for dtype in (torch.float32, torch.bfloat16):
             logits = randn(batch, classes, dtype=dtype)
             mix_logits = randn(num_mix * batch, classes, dtype=dtype)
@@ -85,7 +85,7 @@ def workload() -> None:
                     for reduction in ("mean", "sum", "none"):
                         raw, mixed = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
                         options = LossOptions(mode, score, 1.0, 0.5, 1.0, -100, 0.1, reduction, weight)
-                        out = cuda.loss(raw, mixed, targets, rel, options)
+                        out = cuda.loss(raw, mixed, targets, lam, index, options)
                         out.loss.backward(torch.rand_like(out.loss))
 
     for batch, num_mix, feat in [(8, 3, (3, 8, 8)), (5, 2, (7,))]:  # vector and element-wise rows

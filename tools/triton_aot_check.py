@@ -78,7 +78,9 @@ def recording():
 def loss_problems(everything: bool):
     """(main?, description, thunk) for each fused-loss problem. Main: bfloat16 and float32,
     K = 1 and 3 (the paper's), C from 10 to 32k, every ranking, with and without smoothing,
-    with gradients. ``everything`` adds float16, float64, K = 8 and forward-only launches."""
+    with gradients, the relevance derived from lam and the partners (at K = 3 also given whole,
+    as the drop-in classes give it, and with class weights). ``everything`` adds float16,
+    float64, K = 8 and forward-only launches."""
     dtypes = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
     rankings = (("mrl", "logit"), ("mrl", "prob"), ("mndcg", "logit"))
     for dtype, k, c, (mode, score), smoothing, need_grad in itertools.product(
@@ -91,19 +93,23 @@ def loss_problems(everything: bool):
         logits = torch.zeros(batch, c, dtype=dtype)
         mix_logits = torch.zeros(k * batch, c, dtype=dtype)
         targets = torch.zeros(batch, dtype=torch.int64)
-        rel = torch.zeros(k, batch, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-        args = (logits, mix_logits, targets, rel, mode, score, -100, 1.0, 0.1, 2.0, smoothing, need_grad, 0)
+        lam = torch.zeros(k, batch, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        index = torch.zeros(k, batch, dtype=torch.int64)
+        options = (mode, score, -100, 1.0, 0.1, 2.0, smoothing, need_grad, 0)
+        args = (logits, mix_logits, targets, lam, index, *options)
         name = f"loss {str(dtype)[6:]} K={k} C={c} {mode}/{score} ls={smoothing} grad={need_grad}"
         yield main, name, lambda args=args: _run_loss(args)
-        if main and k == 3:  # class weights (and a weighted mean's CE factor): more loads per chunk
-            acc = rel.dtype
-            weighted = (*args, torch.ones(c, dtype=acc), torch.ones((), dtype=acc))
+        if main and k == 3:
+            given = (logits, mix_logits, targets, lam, None, *options)
+            yield main, f"{name} relevance given", lambda args=given: _run_loss(args)
+            # Class weights (and a weighted mean's CE factor): more loads per chunk.
+            weighted = (*args, torch.ones(c, dtype=lam.dtype), torch.ones((), dtype=lam.dtype))
             yield main, f"{name} weighted", lambda args=weighted: _run_loss(args)
 
 
 def _run_loss(args):
     loss_module.fused_loss._init_fn(*args)
-    if args[11]:
+    if args[12]:  # need_grad
         batch, classes = args[0].shape
         grad = torch.zeros((args[3].shape[0] + 1) * batch, classes, dtype=args[0].dtype)
         loss_module.fused_loss_backward._init_fn(grad, torch.ones(batch))

@@ -12,10 +12,12 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/pairing.h"
 #include "kernels.h"
 #include "op_args.h"
 #include "rankmixup/sample_loss.h"
@@ -96,6 +98,23 @@ RowGrad<T> without_class_constant(RowGrad<T> g, bool weighted, T* class_constant
   return g;
 }
 
+// Each sample's K relevances (SPEC §3), as its loss reads them: derived from lam and the
+// partners' labels, or, without partners, lam itself (see MixPartners, op_args.h).
+template <class acc_t>
+struct Relevances {
+  Matrix<acc_t> lam;
+  std::optional<Matrix<int64_t>> index;
+  const int64_t* y;
+  int64_t y_stride;
+
+  // rel[k] for sample b, whose label is `target`.
+  void of_sample(int64_t b, int64_t target, int64_t num_mix, acc_t* rel) const {
+    for (int64_t k = 0; k < num_mix; ++k) {
+      rel[k] = index ? pair_relevance(lam(k, b), target, y[(*index)(k, b) * y_stride]) : lam(k, b);
+    }
+  }
+};
+
 // Where the forward writes the gradient rows (grad_output = 1), when it is asked to: the
 // (B, C) and (K*B, C) contiguous gradients of logits and mix_logits, in the accumulation type
 // (the backward's scaling then rounds a narrower dtype once, not twice).
@@ -107,17 +126,16 @@ struct GradOut {
 };
 
 template <class scalar_t>
-void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-                 const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index, bool smoothing,
+void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets,
+                 const Relevances<at::opmath_type<scalar_t>>& relevances, const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index, bool smoothing,
                  const ClassWeights<at::opmath_type<scalar_t>>& weights, PerSample<at::opmath_type<scalar_t>>& out,
                  Tensor& coefs, Tensor& argmaxes, GradOut<at::opmath_type<scalar_t>> grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
-  const int64_t num_mix = rel.size(0);
+  const int64_t num_mix = mix_logits.size(0) / batch;
   const StridedRows<scalar_t> raw_rows(logits), mix_rows(mix_logits);
   const int64_t* y = targets.const_data_ptr<int64_t>();
-  const acc_t* rel_data = rel.const_data_ptr<acc_t>();  // rel has the accumulation dtype
   acc_t* coef = coefs.data_ptr<acc_t>();
   int64_t* argmax = argmaxes.data_ptr<int64_t>();
 
@@ -135,6 +153,7 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
     std::vector<acc_t> scratch(raw_rows.needs_scratch() || mix_rows.needs_scratch() ? num_classes : 0);
     std::vector<RowStats<acc_t>> stats(num_mix + 1);
     std::vector<RowGrad<acc_t>> grads(num_mix + 1);
+    std::vector<acc_t> rel(num_mix);
     // By block: list entry r of sample first + i scanned at r * kBlockRows + i.
     std::vector<RowScan<acc_t>> block_scans(by_block ? (num_mix + 1) * kBlockRows : 0);
     std::vector<acc_t> block_scratch(by_block ? kBlockRows * num_classes : 0);
@@ -192,11 +211,12 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
           }
         }
         stats[0] = raw.stats;
+        relevances.of_sample(b, target, num_mix, rel.data());
         const CeInputs<acc_t> ce_in =
             weighted ? CeInputs<acc_t>{z_target, weights.data[target], weights.sum, weighted_logit_sum}
                      : CeInputs<acc_t>{z_target, acc_t(1), static_cast<acc_t>(num_classes), raw.sum};
-        const SampleLoss<acc_t> loss = sample_loss(cfg, raw.stats, ce_in, target, stats.data() + 1,
-                                                   rel_data + b * rel.stride(1), rel.stride(0), num_mix, grads.data());
+        const SampleLoss<acc_t> loss =
+            sample_loss(cfg, raw.stats, ce_in, target, stats.data() + 1, rel.data(), 1, num_mix, grads.data());
         out.ce[b] = loss.ce;
         out.rank[b] = loss.rank;
         for (int64_t r = 0; r <= num_mix; ++r) {
@@ -217,12 +237,17 @@ void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& t
 // The loss op, and with `with_grad` also the gradients of logits and mix_logits for
 // grad_output = 1 (see loss_with_grad in ops.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-    const ClassWeight& weight, const LossOptions& options, bool with_grad) {
-  check_loss_args(logits, mix_logits, targets, rel, weight);
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
+    const MixPartners& index, const ClassWeight& weight, const LossOptions& options, bool with_grad) {
+  check_loss_args(logits, mix_logits, targets, lam, index, weight);
   const int64_t batch = logits.size(0);
   const int64_t num_classes = logits.size(1);
-  const int64_t num_mix = rel.size(0);
+  const int64_t num_mix = lam.size(0);
+  std::optional<Matrix<int64_t>> partners;
+  if (index) {
+    partners.emplace(*index);
+    check_index_range("rankmixup::loss", *partners, num_mix, batch);
+  }
   const bool mean = options.reduction == Reduction::kMean;
 
   const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
@@ -253,7 +278,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     PerSample<acc_t> per(batch);
     GradOut<acc_t> grad;
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
-    loss_kernel<scalar_t>(logits, mix_logits, targets, rel, cfg, options.ignore_index, smooths_labels(options), weights,
+    const Relevances<acc_t> relevances{Matrix<acc_t>(lam), partners, targets.const_data_ptr<int64_t>(),
+                                       targets.stride(0)};
+    loss_kernel<scalar_t>(logits, mix_logits, targets, relevances, cfg, options.ignore_index, smooths_labels(options), weights,
                           per, coefs, argmaxes, grad);
 
     acc_t* loss_out = loss.data_ptr<acc_t>();
@@ -364,17 +391,18 @@ void scale_row(T* row, int64_t n, T factor) {
 // The operator kernels, registered in ops.cpp (declared in kernels.h).
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cpu(const Tensor& logits, const Tensor& mix_logits,
-                                                            const Tensor& targets, const Tensor& rel,
-                                                            const ClassWeight& weight, const LossOptions& options) {
+                                                            const Tensor& targets, const Tensor& lam,
+                                                            const MixPartners& index, const ClassWeight& weight,
+                                                            const LossOptions& options) {
   auto [loss, ce, rank, coefs, argmaxes, grad_logits, grad_mix] =
-      loss_forward(logits, mix_logits, targets, rel, weight, options, /*with_grad=*/false);
+      loss_forward(logits, mix_logits, targets, lam, index, weight, options, /*with_grad=*/false);
   return {loss, ce, rank, coefs, argmaxes};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_with_grad_cpu(
-    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& rel,
-    const ClassWeight& weight, const LossOptions& options) {
-  return loss_forward(logits, mix_logits, targets, rel, weight, options, /*with_grad=*/true);
+    const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
+    const MixPartners& index, const ClassWeight& weight, const LossOptions& options) {
+  return loss_forward(logits, mix_logits, targets, lam, index, weight, options, /*with_grad=*/true);
 }
 
 std::tuple<Tensor, Tensor> loss_backward_cpu(const Tensor& grad_loss, const Tensor& logits,

@@ -1,5 +1,5 @@
 // Mixup generation on the CPU: out[k*B + b] = lam[k,b] * x[b] + (1 - lam[k,b]) * x[index[k,b]],
-// and the relevance of each mix, which depends on the same pairing.
+// and the relevance of each mix read off mixed soft targets (the drop-in classes').
 // Forward: one pass over the output rows. Backward: one pass over the samples, gathering
 // through the inverse permutation, so no two tasks ever write the same element (deterministic).
 #include <ATen/Dispatch.h>
@@ -136,30 +136,6 @@ Tensor mix_backward_cpu(const Tensor& grad, const Tensor& lam, const Tensor& ind
                                     mix_backward_kernel<scalar_t>(gc, lam_m, inverse, num_mix, grad_x);
                                   });
   return grad_x;
-}
-
-// rel[k,b] = 1 if targets[b] == targets[index[k,b]] else max(lam, 1 - lam) (SPEC §3), in one
-// pass: ~2 us at the paper's shapes, against ~16 us for the composite's ATen ops.
-Tensor relevance_cpu(const Tensor& targets, const Tensor& lam, const Tensor& index) {
-  check_relevance_args(targets, lam, index);
-  const int64_t num_mix = index.size(0), batch = index.size(1);
-  const Matrix<int64_t> idx(index);
-  check_index_range("rankmixup::relevance", idx, num_mix, batch);
-  const int64_t* y = targets.const_data_ptr<int64_t>();
-  const int64_t y_stride = targets.stride(0);
-  // In lam's dtype: float64 lam (of float64 logits) gives float64 relevances.
-  Tensor rel = at::empty({num_mix, batch}, lam.options().memory_format(at::MemoryFormat::Contiguous));
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "rankmixup_relevance_cpu", [&] {
-    const Matrix<scalar_t> lam_m(lam);
-    scalar_t* out = rel.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < num_mix; ++k) {
-      for (int64_t b = 0; b < batch; ++b) {
-        const scalar_t l = lam_m(k, b);
-        out[k * batch + b] = y[b * y_stride] == y[idx(k, b) * y_stride] ? scalar_t(1) : std::max(l, scalar_t(1) - l);
-      }
-    }
-  });
-  return rel;
 }
 
 Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {

@@ -94,7 +94,7 @@ __device__ RowScan<T> team_merge(RowScan<T> x, int lanes, RowScan<T>* warp_scans
 
 // Byte offsets of the kernel's shared arrays: one function for the launcher (size) and the kernel.
 struct SharedLayout {
-  size_t stats, grads, warp_scans, z_target, z_sum, ce, rank, bytes;
+  size_t stats, grads, warp_scans, z_target, z_sum, ce, rank, rel, bytes;
 };
 
 __host__ __device__ inline size_t place(size_t& end, size_t align, size_t bytes) {
@@ -115,6 +115,7 @@ __host__ __device__ SharedLayout shared_layout(int samples, int64_t rows_per_sam
   l.z_sum = place(end, alignof(T), samples * sizeof(T));
   l.ce = place(end, alignof(T), samples * sizeof(T));
   l.rank = place(end, alignof(T), samples * sizeof(T));
+  l.rel = place(end, alignof(T), samples * (rows_per_sample - 1) * sizeof(T));  // [sample][mix]
   l.bytes = end;
   return l;
 }
@@ -141,8 +142,10 @@ struct ForwardArgs {
   int64_t mix_row_stride, mix_col_stride;
   const int64_t* targets;
   int64_t targets_stride;
-  const acc_t* rel;  // the accumulation dtype, as the op's checks require
-  int64_t rel_stride_k, rel_stride_b;
+  const acc_t* lam;  // the accumulation dtype, as the op's checks require
+  int64_t lam_stride_k, lam_stride_b;
+  const int64_t* index;  // the mixes' partners; null: lam holds the relevances (MixPartners, op_args.h)
+  int64_t index_stride_k, index_stride_b;
   int64_t batch, classes, num_mix;
   LossOptions options;
   const acc_t* weight;               // class weights (C,), or null: unweighted
@@ -158,6 +161,22 @@ struct ForwardArgs {
   int lanes, samples_per_block;
 };
 
+// The relevance of mix k of sample b, whose label is `target` (SPEC §3). A partner outside the
+// batch is not read (the CPU kernels raise; a device cannot without a host sync): it clears
+// *partner_ok, and the caller poisons the sample, as for a label outside [0, C).
+template <class scalar_t>
+__device__ at::opmath_type<scalar_t> mix_relevance(const ForwardArgs<scalar_t>& a, int64_t k, int64_t b,
+                                                   int64_t target, bool* partner_ok) {
+  const at::opmath_type<scalar_t> lam = a.lam[k * a.lam_stride_k + b * a.lam_stride_b];
+  if (!a.index) return lam;
+  const int64_t partner = a.index[k * a.index_stride_k + b * a.index_stride_b];
+  if (partner < 0 || partner >= a.batch) {
+    *partner_ok = false;
+    return lam;
+  }
+  return pair_relevance(lam, target, a.targets[partner * a.targets_stride]);
+}
+
 template <int V, class scalar_t>
 __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const ForwardArgs<scalar_t> a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -171,6 +190,7 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
   auto* z_sum = reinterpret_cast<acc_t*>(shared + layout.z_sum);
   auto* ce = reinterpret_cast<acc_t*>(shared + layout.ce);
   auto* rank = reinterpret_cast<acc_t*>(shared + layout.rank);
+  auto* rel = reinterpret_cast<acc_t*>(shared + layout.rel);
 
   __shared__ int64_t count_scratch[kWarpSize];
   __shared__ int64_t block_count;
@@ -231,7 +251,10 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
     SampleLoss<acc_t> loss{acc_t(0), acc_t(0)};
     if (valid) {
       const bool label_ok = target >= 0 && target < a.classes;
-      if (!label_ok) sample_stats[0].poison();
+      bool partners_ok = true;
+      acc_t* sample_rel = rel + s * a.num_mix;  // this thread's alone
+      for (int64_t k = 0; k < a.num_mix; ++k) sample_rel[k] = mix_relevance(a, k, b, target, &partners_ok);
+      if (!label_ok || !partners_ok) sample_stats[0].poison();
       const double count_scale =
           a.num_valid ? mean_scale(static_cast<double>(a.count_in_block ? block_count : *a.num_valid)) : 1.0;
       const double ce_scale = a.ce_divisor ? mean_scale(*a.ce_divisor) : count_scale;
@@ -240,8 +263,8 @@ __global__ void __launch_bounds__(kMaxTeamLanes) loss_forward_kernel(const Forwa
           a.weight ? CeInputs<acc_t>{z_target[s], label_ok ? a.weight[target] : acc_t(0), *a.weight_sum,
                                      a.weighted_logit_sums ? a.weighted_logit_sums[b] : acc_t(0)}
                    : CeInputs<acc_t>{z_target[s], acc_t(1), static_cast<acc_t>(a.classes), z_sum[s]};
-      loss = sample_loss(cfg, sample_stats[0], ce_in, target, sample_stats + 1, a.rel + b * a.rel_stride_b,
-                         a.rel_stride_k, a.num_mix, sample_grads);
+      loss = sample_loss(cfg, sample_stats[0], ce_in, target, sample_stats + 1, sample_rel, 1, a.num_mix,
+                         sample_grads);
     }
     for (int64_t r = 0; r < rows_per_sample; ++r) {
       const int64_t row = r * a.batch + b;
@@ -368,12 +391,13 @@ const T* data_or_null(const Tensor& t) {
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logits, const Tensor& mix_logits,
-                                                             const Tensor& targets, const Tensor& rel,
-                                                             const ClassWeight& weight, const LossOptions& options) {
-  check_loss_args(logits, mix_logits, targets, rel, weight);
+                                                             const Tensor& targets, const Tensor& lam,
+                                                             const MixPartners& index, const ClassWeight& weight,
+                                                             const LossOptions& options) {
+  check_loss_args(logits, mix_logits, targets, lam, index, weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = rel.size(0);
+  const int64_t batch = logits.size(0), classes = logits.size(1), num_mix = lam.size(0);
 
   const auto acc_options = logits.options().dtype(accumulation_type(logits.scalar_type()));
   Tensor coefs = at::empty({num_mix + 1, batch, kRowCoefs}, acc_options);
@@ -415,9 +439,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> loss_cuda(const Tensor& logit
                                      mix_logits.stride(1),
                                      targets.const_data_ptr<int64_t>(),
                                      targets.stride(0),
-                                     rel.const_data_ptr<acc_t>(),
-                                     rel.stride(0),
-                                     rel.stride(1),
+                                     lam.const_data_ptr<acc_t>(),
+                                     lam.stride(0),
+                                     lam.stride(1),
+                                     index ? index->const_data_ptr<int64_t>() : nullptr,
+                                     index ? index->stride(0) : 0,
+                                     index ? index->stride(1) : 0,
                                      batch,
                                      classes,
                                      num_mix,

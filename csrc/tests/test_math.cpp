@@ -260,6 +260,17 @@ void test_mndcg_order() {
   }
 }
 
+void test_pair_relevance() {
+  expect_near(pair_relevance(0.3, 2, 2), 1.0, 0, "same class: relevance 1");
+  expect_near(pair_relevance(0.3, 2, 5), 0.7, 0, "other class: max(lam, 1 - lam)");
+  expect_near(pair_relevance(0.8, 2, 5), 0.8, 0, "other class: max(lam, 1 - lam)");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (!std::isnan(pair_relevance(nan, 2, 5))) {
+    std::printf("FAIL pair_relevance: a NaN lam must give a NaN relevance\n");
+    ++failures;
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -268,6 +279,7 @@ int main() {
   test_vector_exp();
   test_row_block(rng);
   test_mndcg_order();
+  test_pair_relevance();
   for (Mode mode : {Mode::kMrl, Mode::kMndcg}) {
     for (Score score : {Score::kLogit, Score::kProb}) {
       test_gradients(rng, mode, score, {});

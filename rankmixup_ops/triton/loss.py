@@ -84,7 +84,8 @@ def _fused_loss_kernel(
     logits_ptr,
     mix_ptr,
     targets_ptr,
-    rel_ptr,
+    lam_ptr,
+    index_ptr,
     weight_ptr,
     ce_rescale_ptr,
     loss_ptr,
@@ -95,8 +96,10 @@ def _fused_loss_kernel(
     num_classes,
     stride_logits,
     stride_mix,
-    stride_rel_k,
-    stride_rel_b,
+    stride_lam_k,
+    stride_lam_b,
+    stride_index_k,
+    stride_index_b,
     ignore_index,
     # float64 so that float64 inputs see the hyperparameters unrounded (compiled kernels; the
     # interpreter passes Python floats as float32 whatever the annotation); cast once below.
@@ -110,6 +113,7 @@ def _fused_loss_kernel(
     MNDCG: tl.constexpr,
     SCORE_PROB: tl.constexpr,
     SMOOTHING: tl.constexpr,
+    PAIRED: tl.constexpr,
     WEIGHTED: tl.constexpr,
     RESCALE_CE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -159,11 +163,28 @@ def _fused_loss_kernel(
         z = _load_rows(mix_ptrs, cols, mix_live, num_classes, acc_ty)
         mix_max, mix_arg, mix_sum = _online_softmax(z, cols, mix_max, mix_arg, mix_sum)
 
+    # Each mix's relevance (SPEC §3), from lam and the partner's label when PAIRED, else lam
+    # itself. A partner outside the batch is not read, and poisons its sample as a label outside
+    # [0, C) does (checking would need a host synchronisation).
+    lam = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b, mask=is_mix, other=1.0).to(acc_ty)
+    if PAIRED:
+        partner = tl.load(index_ptr + k * stride_index_k + b * stride_index_b, mask=is_mix, other=0)
+        in_batch = (partner >= 0) & (partner < batch)
+        partner_target = tl.load(targets_ptr + partner, mask=is_mix & in_batch, other=0)
+        # max(lam, 1 - lam) as a where: NaN for a NaN lam, as on the other backends.
+        rel = tl.where(partner_target == target, 1.0, tl.where(lam > 1.0 - lam, lam, 1.0 - lam))
+        partner_outside = tl.sum(tl.where(is_mix & ~in_batch, 1, 0), axis=0) > 0
+    else:
+        rel = lam
+
     # As on the compiled backends (SPEC §9): a row of -inf only, and a valid label outside
     # [0, C) (checking it would need a host synchronisation; validate=True does it up front),
     # poison their sample: loss and gradients NaN.
     label_ok = (target >= 0) & (target < num_classes)
-    raw_sum = tl.where((raw_max == float("-inf")) | (valid & ~label_ok), float("nan"), raw_sum)
+    poisoned = valid & ~label_ok
+    if PAIRED:
+        poisoned = poisoned | (valid & partner_outside)
+    raw_sum = tl.where((raw_max == float("-inf")) | poisoned, float("nan"), raw_sum)
     mix_sum = tl.where(mix_max == float("-inf"), float("nan"), mix_sum)
     raw_conf = 1.0 / raw_sum  # max softmax = exp(max - max) / sumexp
     raw_log_sum = tl.log(raw_sum)
@@ -191,7 +212,6 @@ def _fused_loss_kernel(
             ce += label_smoothing * (raw_max - z_total / num_classes)
 
     # The rank term: its value, and d(alpha * rank)/d(conf) and /d(max logit) of every row.
-    rel = tl.load(rel_ptr + k * stride_rel_k + b * stride_rel_b, mask=is_mix, other=1.0).to(acc_ty)
     if MNDCG:
         # List position of mix k: 2 + #{mixes j before it: rel_j > rel_k, or equal with j < k};
         # the raw sample holds position 1, whose discount 1/log2(2) is 1.
@@ -301,7 +321,8 @@ def fused_loss(
     logits: torch.Tensor,
     mix_logits: torch.Tensor,
     targets: torch.Tensor,
-    rel: torch.Tensor,
+    lam: torch.Tensor,
+    index: torch.Tensor | None,
     mode: str,
     score: str,
     ignore_index: int,
@@ -318,10 +339,14 @@ def fused_loss(
     gradient of the per-sample loss as one ``((K+1)*B, C)`` buffer in the logits' dtype —
     raw rows first, then mix-major mix rows — or an empty buffer when ``need_grad`` is False.
 
+    ``lam`` (K, B) in the accumulation dtype, any strides; with ``index`` (K, B) int64, the
+    partners, each mix's relevance is derived in the kernel; with None, ``lam`` holds the
+    relevances themselves.
+
     ``weight``: class weights ``(C,)`` in the accumulation dtype, or None. ``ce_rescale``: a
     scalar by which each sample's CE is multiplied in its loss (not in ``ce``), or None."""
     batch, num_classes = logits.shape
-    num_mix = rel.shape[0]
+    num_mix = lam.shape[0]
     # Rows may have any stride; classes are read contiguously (a copy only for column-strided input).
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     mix_logits = mix_logits if mix_logits.stride(1) == 1 else mix_logits.contiguous()
@@ -334,7 +359,8 @@ def fused_loss(
         logits,
         mix_logits,
         targets,
-        rel,
+        lam,
+        targets if index is None else index,  # (unread without partners)
         logits if weight is None else weight,  # (unread when unweighted)
         logits if ce_rescale is None else ce_rescale,
         loss,
@@ -345,8 +371,10 @@ def fused_loss(
         num_classes,
         logits.stride(0),
         mix_logits.stride(0),
-        rel.stride(0),
-        rel.stride(1),
+        lam.stride(0),
+        lam.stride(1),
+        0 if index is None else index.stride(0),
+        0 if index is None else index.stride(1),
         ignore_index,
         ce_weight,
         alpha,
@@ -356,6 +384,7 @@ def fused_loss(
         MNDCG=mode == "mndcg",
         SCORE_PROB=score == "prob",
         SMOOTHING=label_smoothing > 0,
+        PAIRED=index is not None,
         WEIGHTED=weight is not None,
         RESCALE_CE=ce_rescale is not None,
         WRITE_GRAD=need_grad,
@@ -391,13 +420,13 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
     scaled = fused_loss_backward(grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
-    return (grad_logits, grad_mix) + (None,) * 13
+    return (grad_logits, grad_mix) + (None,) * 14
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
 
 
-def rankmixup_loss(logits, mix_logits, targets, rel, options: LossOptions, block_c: int = 0) -> LossOutput:
+def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions, block_c: int = 0) -> LossOutput:
     """The backend's loss over checked inputs, reduced as
     :func:`rankmixup_ops.reference.rankmixup_loss_from_relevance` reduces.
 
@@ -419,7 +448,8 @@ def rankmixup_loss(logits, mix_logits, targets, rel, options: LossOptions, block
         logits,
         mix_logits,
         targets,
-        rel,
+        lam,
+        index,
         options.mode,
         options.score,
         options.ignore_index,

@@ -140,6 +140,13 @@ RANKMIXUP_HD T discount(const LossConfig<T>& cfg, int64_t position) {
   return cfg.discounts ? cfg.discounts[position] : discount<T>(position);
 }
 
+// The relevance of a mix (SPEC §3) from its pairing: 1 where the partner's label is the sample's,
+// else max(lam, 1 - lam), the largest entry of the mixed soft target (NaN for a NaN lam).
+template <class T>
+RANKMIXUP_HD T pair_relevance(T lam, int64_t target, int64_t partner_target) {
+  return partner_target == target ? T(1) : (lam > T(1) - lam ? lam : T(1) - lam);
+}
+
 // Position (2..K+1) of mix k in the M-NDCG list: after the raw sample, mixes sorted by
 // relevance descending, ties by k ascending — i.e. a stable sort, without any scratch space.
 template <class R>
