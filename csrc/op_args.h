@@ -84,7 +84,8 @@ inline void check_class_weight(const char* op, const ClassWeight& weight, const 
 }
 
 // Shapes, dtypes and devices; the range of index's values is each kernel's to check (the CPU
-// raises, a device kernel cannot without a host sync and gives those mixes a NaN relevance).
+// raises; a device kernel cannot without a host sync, and poisons the sample, NaN, as for a
+// label outside [0, C)).
 inline void check_loss_args(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
                             const at::Tensor& lam, const MixPartners& index, const ClassWeight& weight) {
   TORCH_CHECK(logits.dim() == 2 && logits.numel() > 0, "rankmixup::loss: logits must be (B, C), non-empty");

@@ -251,8 +251,11 @@ def test_float64_is_computed_in_float64(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_public_api_with_strided_inputs(device):
-    """Through rankmixup_loss(backend="triton"): column-strided logits, (K, B, C) sliced mixes."""
+    """Through rankmixup_loss(backend="triton"): column-strided logits, (K, B, C) sliced mixes,
+    targets a column of a (B, 2) tensor (stride 2)."""
     logits, mix_logits, targets, _, _ = _problem(device)
+    targets = torch.stack([targets, torch.zeros_like(targets)], dim=1)[:, 0]
+    assert targets.stride(0) == 2
     gen = torch.Generator().manual_seed(3)
     lam = torch.rand(3, generator=gen).to(device)
     index = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)]).to(device)

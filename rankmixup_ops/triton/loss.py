@@ -96,6 +96,7 @@ def _fused_loss_kernel(
     num_classes,
     stride_logits,
     stride_mix,
+    stride_targets,
     stride_lam_k,
     stride_lam_b,
     stride_index_k,
@@ -125,7 +126,7 @@ def _fused_loss_kernel(
     label_smoothing = tl.cast(label_smoothing, acc_ty)
 
     b = tl.program_id(0).to(tl.int64)  # row offsets are int64: rows * C may pass 2**31
-    target = tl.load(targets_ptr + b)
+    target = tl.load(targets_ptr + b * stride_targets)
     valid = target != ignore_index
     one = tl.arange(0, 1)  # the raw row is a 1-row tile, so one code path serves both tiles
     raw_ptrs = logits_ptr + b * stride_logits + one
@@ -170,7 +171,7 @@ def _fused_loss_kernel(
     if PAIRED:
         partner = tl.load(index_ptr + k * stride_index_k + b * stride_index_b, mask=is_mix, other=0)
         in_batch = (partner >= 0) & (partner < batch)
-        partner_target = tl.load(targets_ptr + partner, mask=is_mix & in_batch, other=0)
+        partner_target = tl.load(targets_ptr + partner * stride_targets, mask=is_mix & in_batch, other=0)
         # max(lam, 1 - lam) as a where: NaN for a NaN lam, as on the other backends.
         rel = tl.where(partner_target == target, 1.0, tl.where(lam > 1.0 - lam, lam, 1.0 - lam))
         partner_outside = tl.sum(tl.where(is_mix & ~in_batch, 1, 0), axis=0) > 0
@@ -371,6 +372,7 @@ def fused_loss(
         num_classes,
         logits.stride(0),
         mix_logits.stride(0),
+        targets.stride(0),
         lam.stride(0),
         lam.stride(1),
         0 if index is None else index.stride(0),
