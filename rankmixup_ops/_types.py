@@ -44,11 +44,12 @@ class MixupBatch(NamedTuple):
 
 
 class LossOptions(NamedTuple):
-    """Every option of the fused loss, as one value: built and checked once per call (by
-    ``functional.loss_options``) and handed whole to the backend.
+    """Every option of the fused loss, as one value: built once per call by
+    ``functional.loss_options`` (which checks the scalar ones once per distinct set of values)
+    and handed whole to the backend.
 
     The fields are in the order of the loss operators' schemas (csrc/ops.cpp), so that a
-    compiled backend passes them as ``op(logits, mix_logits, targets, rel, *options)``. The
+    compiled backend passes them as ``op(logits, mix_logits, targets, lam, index, *options)``. The
     defaults are :func:`rankmixup_ops.rankmixup_loss`'s. ``ce_weight`` is 1 for the loss and 0
     for the rank terms alone (``mrl_loss``, ``mndcg_loss``). ``weight`` holds the class weights
     of the CE term, ``(C,)`` in the logits' accumulation dtype and on their device, or None;

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import rankmixup_ops as rmx
-from rankmixup_ops import reference
+from rankmixup_ops import functional, reference
 
 B, C, K = 4, 5, 2
 
@@ -149,6 +150,8 @@ BAD_LOSS_INPUTS = [
     ("alpha nan", _loss_call(alpha=float("nan")), ValueError, "alpha must be finite"),
     ("alpha negative", _loss_call(alpha=-0.1), ValueError, "alpha must be in"),
     ("alpha string", _loss_call(alpha="0.1"), TypeError, "alpha must be a real"),
+    ("alpha list", _loss_call(alpha=[0.1]), TypeError, "alpha must be a real"),  # unhashable
+    ("alpha bool", _loss_call(alpha=True), TypeError, "alpha must be a real"),
     ("margin inf", _loss_call(margin=float("inf")), ValueError, "margin must be finite"),
     ("smoothing", _loss_call(label_smoothing=1.5), ValueError, "label_smoothing must be in"),
     ("ignore_index float", _loss_call(ignore_index=-1.0), TypeError, "ignore_index must be an int"),
@@ -161,6 +164,21 @@ def test_bad_loss_input(case):
     _, call, error, message = case
     with pytest.raises(error, match=message):
         call()
+
+
+def test_checked_options_are_reused_per_value_and_type():
+    """The scalar options' checks run once per distinct set of values (functional.loss_options):
+    an equal value of another type is another key, so a bool after an int 1 is still refused,
+    and a value that failed is checked, and refused, again."""
+    assert functional.loss_options("f", "mrl", "prob", 1.0, 1, 2.0, -1, 0.0, "sum") is functional.loss_options(
+        "f", "mrl", "prob", 1.0, 1, 2.0, -1, 0.0, "sum")
+    with pytest.raises(TypeError, match="alpha must be a real"):
+        functional.loss_options("f", "mrl", "prob", 1.0, True, 2.0, -1, 0.0, "sum")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            functional.loss_options("f", "nope", "prob", 1.0, 1, 2.0, -1, 0.0, "sum")
+    numpy_alpha = functional.loss_options("f", "mrl", "prob", 1.0, np.float32(0.5), 2.0, -1, 0.0, "sum").alpha
+    assert type(numpy_alpha) is float and numpy_alpha == 0.5
 
 
 def test_mismatched_devices_are_rejected():

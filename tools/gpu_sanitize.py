@@ -87,6 +87,15 @@ def workload() -> None:
                         options = LossOptions(mode, score, 1.0, 0.5, 1.0, -100, 0.1, reduction, weight)
                         out = cuda.loss(raw, mixed, targets, lam, index, options)
                         out.loss.backward(torch.rand_like(out.loss))
+            # The relevances given (the drop-in classes' call), and a partner outside the batch,
+            # which the kernel must not read (its sample is NaN).
+            rel = torch.where(lam < 0.5, 1 - lam, lam)
+            outside = index.clone()
+            outside[0, -1] = batch
+            for pairing in ((rel, None), (lam, outside)):
+                raw, mixed = logits.clone().requires_grad_(), mix_logits.clone().requires_grad_()
+                out = cuda.loss(raw, mixed, targets, *pairing, LossOptions(mode="mrl", reduction="none"))
+                out.loss.backward(torch.rand_like(out.loss))
 
     for batch, num_mix, feat in [(8, 3, (3, 8, 8)), (5, 2, (7,))]:  # vector and element-wise rows
         index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)]).cuda()
