@@ -15,8 +15,9 @@
 
 namespace rankmixup {
 
-// The dtype the kernels compute in for inputs of `dtype`, and so the dtype of lam and rel they
-// take: float64 for float64 inputs, float32 for every other floating dtype.
+// The dtype the kernels compute in for inputs of `dtype`, and so the dtype of the lam they take
+// (mixing coefficients, or relevances where no index is given) and of soft_relevance's output:
+// float64 for float64 inputs, float32 for every other floating dtype.
 inline at::ScalarType accumulation_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -7,7 +7,8 @@ environment variable ``RANKMIXUP_VALIDATE=1``).
 
 Messages name the calling function and the argument: ``"rankmixup_loss: targets must be ..."``.
 
-These checks run on every call of the public functions, where at the paper's shapes the
+The tensor checks run on every call of the public functions (the loss's scalar option checks
+once per distinct set of values: ``functional.loss_options``), where at the paper's shapes the
 kernels take tens of microseconds; so each one makes the common case (an int64 or floating
 tensor, a Python float or int) a single cheap test and builds messages only on failure.
 """

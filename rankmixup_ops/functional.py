@@ -169,8 +169,9 @@ def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOpt
     the modules check theirs at construction)."""
     validate = check.validation_requested(check.flag(fn, "validate", validate))
     # The common eager call in one native call (csrc/eager_loss.cpp) where the backend has that
-    # front end: the checks below, the relevance and the loss, without their Python cost. It
-    # answers None to a call it does not take whole, and the checked path below takes it.
+    # front end: the checks below and the loss (whose kernel derives the relevance), without
+    # their Python cost. It answers None to a call it does not take whole, and the checked path
+    # below takes it.
     if not validate and not torch.compiler.is_compiling():
         native = eager_front_end(backend)
         if native is not None:
@@ -197,7 +198,8 @@ def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOpt
 
 def check_loss_inputs(fn, logits, mix_logits, targets, lam, index):
     """Shape/dtype/device checks of the loss tensors; returns them normalised
-    (``mix_logits`` ``(K*B, C)``, ``lam`` float32 ``(K, B)``, ``targets``/``index`` int64)."""
+    (``mix_logits`` ``(K*B, C)``, ``lam`` ``(K, B)`` in the logits' accumulation dtype,
+    ``targets``/``index`` int64)."""
     check.floating(fn, "logits", logits)
     if logits.dim() != 2 or logits.numel() == 0:
         raise check.shape_error(fn, "logits", logits, "(B, C) with B >= 1 and C >= 1")

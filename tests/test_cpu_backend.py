@@ -1,7 +1,7 @@
 """The compiled CPU backend: what only it has. (The matrix it shares with the CUDA backend,
 against the reference, is test_compiled_backends.py.) Its row loops (blocks of samples, with
 and without AVX-512 packs), threads, gradients written in the forward and scaled in place,
-retain_graph and create_graph, the relevance kernel, bad input, bfloat16 conversions, and the
+retain_graph and create_graph, the soft_relevance kernel, bad input, bfloat16 conversions, and the
 direct entry points that skip the torch.ops binding. Fresh random inputs on every run; each
 test reproduces from its seed.
 """
