@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
@@ -200,6 +201,34 @@ def test_hyperparameters_reach_the_kernel(device):
     for overrides in (dict(ce_weight=0.0), dict(alpha=0.0), dict(alpha=3.0, label_smoothing=0.9, ce_weight=0.5)):
         for mode, score in RANKINGS:
             _assert_matches_reference(inputs, _options(mode, score, **overrides), block_c=32)
+
+
+class _AtenLog(TorchDispatchMode):
+    """The ATen operators dispatched inside it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_fills_no_zeros(device, reduction):
+    """Only the loss carries a gradient: the backward must not have autograd fill zeros for the
+    other outputs (ce, rank, and the gradient rows: a buffer the size of all the logits)."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    logits.requires_grad_()
+    mix_logits.requires_grad_()
+    out = triton_loss.rankmixup_loss(logits, mix_logits, targets, lam, index, _options(reduction=reduction))
+    log = _AtenLog()
+    with log:
+        torch.autograd.grad(out.loss.sum(), (logits, mix_logits))
+    assert "fused_loss_backward.default" in log.names
+    assert not [name for name in log.names if "zero" in name or "fill" in name], log.names
 
 
 @pytest.mark.parametrize("device", DEVICES)

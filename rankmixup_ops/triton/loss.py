@@ -414,15 +414,21 @@ def _setup_context(ctx, inputs, output):
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
     ctx.save_for_backward(output[3])
+    # Only the loss carries a gradient (ce and rank are returned detached, the gradient rows
+    # are internal): spare autograd filling zeros for the other three outputs on every
+    # backward, the gradient rows' a buffer the size of all the logits.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
+    if grad_loss is None:
+        return (None,) * 16
     (grad,) = ctx.saved_tensors
     # grad_loss may be an expanded (stride-0) view of a scalar: the kernel reads it by stride.
     scaled = fused_loss_backward(grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
-    return (grad_logits, grad_mix) + (None,) * 14
+    return (grad_logits, grad_mix) + (None,) * 14  # one per input of fused_loss
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
