@@ -22,6 +22,7 @@ from rankmixup_ops.triton import BACKEND  # noqa: E402
 from rankmixup_ops.triton import cutmix as triton_cutmix  # noqa: E402
 from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
 from rankmixup_ops.triton import mix as triton_mix  # noqa: E402
+from rankmixup_ops.triton import reduce as triton_reduce  # noqa: E402
 
 _CPU_REASON = BACKEND.unsupported(torch.device("cpu"))
 DEVICES = [
@@ -232,6 +233,19 @@ def test_backward_fills_no_zeros(device, reduction):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_forward_is_one_or_two_launches(device, reduction):
+    """The fused kernel, and for a mean or a sum the one-program reduction (reduce.py): no
+    PyTorch operator computes anything around them (each would be a launch of its own)."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    log = _AtenLog()
+    with log:
+        triton_loss.rankmixup_loss(logits, mix_logits, targets, lam, index, _options(reduction=reduction))
+    launched = [name for name in log.names if name != "detach.default"]
+    assert launched == ["fused_loss.default"] + ([] if reduction == "none" else ["reduce_loss.default"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_no_grad_forward_writes_no_gradient(device):
     logits, mix_logits, targets, lam, index = _problem(device)
     options = _options(reduction="none")
@@ -363,6 +377,10 @@ def _op_samples(device):
     yield triton_loss.fused_loss, (logits, mix_logits, targets, rel, None, *options)
     x = torch.randn(6, 3, 5, device=device, requires_grad=True)
     index = torch.stack([torch.randperm(6, device=device) for _ in range(3)])
+    per_sample = [torch.rand(6, device=device, requires_grad=i == 0) for i in range(3)]  # loss, ce, rank
+    yield triton_reduce.reduce_loss, (*per_sample, targets, -100, True, None)
+    yield triton_reduce.reduce_loss, (*per_sample, targets, -100, True, torch.tensor(0.25, device=device))
+    yield triton_reduce.reduce_loss, (*per_sample, targets, -100, False, None)
     yield triton_mix.mix, (x, torch.rand(3, 6, device=device), index)
     images = torch.randn(6, 3, 5, 7, device=device).to(memory_format=torch.channels_last).requires_grad_()
     boxes = rmx.sample_cutmix(5, 7, 6, 3, 1.0, per_sample=True, device=device)[0]

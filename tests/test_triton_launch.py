@@ -15,9 +15,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from rankmixup_ops.triton import launch, loss, mix  # noqa: E402
+from rankmixup_ops.triton import launch, loss, mix, reduce  # noqa: E402
 
-KERNELS = [loss._fused_loss_kernel, loss._scale_rows_kernel, mix._mix_kernel, mix._mix_backward_kernel]
+KERNELS = [loss._fused_loss_kernel, loss._scale_rows_kernel, reduce._reduce_kernel, mix._mix_kernel,
+           mix._mix_backward_kernel]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels are compiled, not interpreted")
@@ -34,7 +35,7 @@ TRACE_EVERY_OP = textwrap.dedent(
     import torch
     from torch._subclasses.functional_tensor import dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
-    from rankmixup_ops.triton import launch, loss, mix
+    from rankmixup_ops.triton import launch, loss, mix, reduce
 
     assert not launch.interpreted(loss._fused_loss_kernel)
     B, K, C = 4, 2, 10
@@ -43,6 +44,8 @@ TRACE_EVERY_OP = textwrap.dedent(
         "fused_loss": (loss.fused_loss, torch.randn(B, C), torch.randn(K * B, C), torch.randint(0, C, (B,)),
                        lam, index, "mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0, True, 0),
         "fused_loss_backward": (loss.fused_loss_backward, torch.randn((K + 1) * B, C), torch.rand(B)),
+        "reduce_loss": (reduce.reduce_loss, torch.rand(B), torch.rand(B), torch.rand(B), torch.randint(0, C, (B,)),
+                        -100, True),
         "mix": (mix.mix, x, lam, index),
         "mix_backward": (mix.mix_backward, torch.randn(K * B, 3, 5), lam, index),
     }
@@ -59,4 +62,5 @@ def test_compiled_kernels_are_traced_into_the_graph():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     launches = dict(line.split() for line in result.stdout.splitlines())
-    assert launches == {"fused_loss": "1", "fused_loss_backward": "1", "mix": "1", "mix_backward": "1"}
+    assert launches == {"fused_loss": "1", "fused_loss_backward": "1", "reduce_loss": "1", "mix": "1",
+                        "mix_backward": "1"}

@@ -43,6 +43,7 @@ from rankmixup_ops.triton import cutmix as cutmix_module  # noqa: E402
 from rankmixup_ops.triton import launch  # noqa: E402
 from rankmixup_ops.triton import loss as loss_module  # noqa: E402
 from rankmixup_ops.triton import mix as mix_module  # noqa: E402
+from rankmixup_ops.triton import reduce as reduce_module  # noqa: E402
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 
@@ -115,6 +116,24 @@ def _run_loss(args):
         batch, classes = args[0].shape
         grad = torch.zeros((args[3].shape[0] + 1) * batch, classes, dtype=args[0].dtype)
         loss_module.fused_loss_backward._init_fn(grad, torch.ones(batch))
+
+
+def reduce_problems(everything: bool):
+    """The loss's reduction (one program): float32 per-sample values (float64 with everything),
+    a batch in one block and one of several, mean and sum, and a weighted mean's CE scale."""
+    dtypes = (torch.float32,) + ((torch.float64,) if everything else ())
+    for dtype, batch, (mean, ce_scaled) in itertools.product(
+        dtypes, (128, 5000), ((True, False), (False, False), (True, True))
+    ):
+        per_sample = [torch.zeros(batch, dtype=dtype) for _ in range(3)]
+        targets = torch.zeros(batch, dtype=torch.int64)
+        ce_scale = torch.ones((), dtype=dtype) if ce_scaled else None
+
+        def run(per_sample=per_sample, targets=targets, mean=mean, ce_scale=ce_scale):
+            reduce_module.reduce_loss._init_fn(*per_sample, targets, -100, mean, ce_scale)
+
+        name = f"reduce {str(dtype)[6:]} B={batch} {'mean' if mean else 'sum'}{' ce-scaled' if ce_scaled else ''}"
+        yield dtype == torch.float32, name, run
 
 
 def mix_problems(everything: bool):
@@ -198,7 +217,8 @@ def main() -> int:
 
     # One compile per distinct specialisation; remember whether any problem needing it is main.
     launches = {}
-    problems = itertools.chain(loss_problems(options.all), mix_problems(options.all), cutmix_problems(options.all))
+    problems = itertools.chain(loss_problems(options.all), reduce_problems(options.all), mix_problems(options.all),
+                               cutmix_problems(options.all))
     for main_problem, name, run in problems:
         with recording() as recorded:
             run()

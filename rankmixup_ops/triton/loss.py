@@ -17,11 +17,11 @@ gradient as
 score gives M; a confidence gives P and M).
 
 The kernel writes the gradient of the *per-sample* loss; the reduction (sum or mean over
-valid samples) is a few PyTorch ops on the per-sample values, so autograd hands the backward
-a per-sample ``grad_output`` (``1/n_valid`` for a mean) and the backward is one scaling pass.
-A weighted mean divides the CE by the valid targets' summed weights instead: the kernel then
-scales each sample's CE by ``n_valid / sum of weights`` (a device scalar) before the mean.
-No value ever travels to the host.
+valid samples) is a second, one-program launch over the per-sample values (``reduce.py``), so
+autograd hands the backward a per-sample ``grad_output`` (``1/n_valid`` for a mean) and the
+backward is one scaling pass. A weighted mean divides the CE by the valid targets' summed
+weights instead: the kernel then scales each sample's CE by ``n_valid / sum of weights`` (a
+device scalar, from a few PyTorch ops) before the mean. No value ever travels to the host.
 """
 
 import torch
@@ -31,6 +31,7 @@ from torch.library import triton_op
 
 from .._types import LossOptions, LossOutput, accumulation_dtype
 from . import launch
+from .reduce import reduce_loss
 
 # The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
 # this many values, 16 a thread at 8 warps — enough loads in flight without spilling (checked
@@ -442,16 +443,13 @@ def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions
     small to exercise the chunked path on small class counts.
     """
     need_grad = torch.is_grad_enabled() and (logits.requires_grad or mix_logits.requires_grad)
-    ce_rescale = None
-    if options.reduction == "mean":
+    ce_scale = ce_rescale = None
+    if options.reduction == "mean" and options.weight is not None:
         # The divisors stay on the device; a mean over nothing is 0, never NaN.
         count = (targets != options.ignore_index).sum().to(accumulation_dtype(logits.dtype))
-        rank_scale = 1.0 / count.clamp(min=1)
-        ce_scale = rank_scale
-        if options.weight is not None:
-            weight_sum = _valid_weight_sum(targets, options)
-            ce_scale = torch.where(weight_sum != 0, 1 / weight_sum, 0)
-            ce_rescale = ce_scale * count  # the per-sample losses are then averaged over count
+        weight_sum = _valid_weight_sum(targets, options)
+        ce_scale = torch.where(weight_sum != 0, 1 / weight_sum, 0)
+        ce_rescale = ce_scale * count  # the per-sample losses are then averaged over count
     loss, ce, rank, _ = fused_loss(
         logits,
         mix_logits,
@@ -473,9 +471,9 @@ def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions
     ce, rank = ce.detach(), rank.detach()
     if options.reduction == "none":
         return LossOutput(loss, ce, rank)
-    if options.reduction == "sum":
-        return LossOutput(loss.sum(), ce.sum(), rank.sum())
-    return LossOutput(loss.sum() * rank_scale, ce.sum() * ce_scale, rank.sum() * rank_scale)
+    loss, ce, rank, _ = reduce_loss(loss, ce, rank, targets, options.ignore_index, options.reduction == "mean",
+                                    ce_scale)
+    return LossOutput(loss, ce.detach(), rank.detach())
 
 
 def _valid_weight_sum(targets: torch.Tensor, options: LossOptions) -> torch.Tensor:
