@@ -17,6 +17,13 @@ def interpreted(kernel) -> bool:
     return not isinstance(kernel, triton.runtime.JITFunction)
 
 
+def block_config(size: int, max_block: int, max_warps: int = 8) -> dict:
+    """``BLOCK`` and ``num_warps`` of a one-dimensional tile over ``size`` elements: the next power
+    of two up to ``max_block``, and a warp per 256 of its lanes (1 to ``max_warps``)."""
+    block = min(triton.next_power_of_2(max(size, 1)), max_block)
+    return dict(BLOCK=block, num_warps=max(1, min(max_warps, block // 256)))
+
+
 def launcher(kernel):
     """``kernel`` ready for ``[grid](...)``: traceable when compiled, direct when interpreted."""
     return kernel if interpreted(kernel) else wrap_triton(kernel)

@@ -314,8 +314,7 @@ def loss_launch_config(num_mix: int, num_classes: int, block_c: int = 0) -> dict
 
 def scale_launch_config(num_classes: int) -> dict:
     """Class block and warps of the backward's scaling launch."""
-    block = min(triton.next_power_of_2(num_classes), 2048)
-    return dict(BLOCK=block, num_warps=max(1, min(8, block // 256)))
+    return launch.block_config(num_classes, 2048)
 
 
 @triton_op("rankmixup_triton::fused_loss", mutates_args=())

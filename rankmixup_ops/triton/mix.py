@@ -88,8 +88,7 @@ def _mix_backward_kernel(
 
 def mix_launch_config(features: int) -> dict:
     """Feature block and warps of a mix launch (forward and backward alike)."""
-    block = min(triton.next_power_of_2(max(features, 1)), MAX_BLOCK)
-    return dict(BLOCK=block, num_warps=max(1, min(8, block // 256)))
+    return launch.block_config(features, MAX_BLOCK)
 
 
 def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:

@@ -56,8 +56,7 @@ def _reduce_kernel(loss_ptr, ce_ptr, rank_ptr, targets_ptr, ce_scale_ptr, loss_o
 
 def reduce_launch_config(batch: int) -> dict:
     """Sample block and warps of the reduction's one program."""
-    block = min(triton.next_power_of_2(max(batch, 1)), MAX_BLOCK)
-    return dict(BLOCK=block, num_warps=max(1, min(4, block // 256)))
+    return launch.block_config(batch, MAX_BLOCK, max_warps=4)
 
 
 @triton_op("rankmixup_triton::reduce_loss", mutates_args=())
