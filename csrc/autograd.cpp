@@ -153,7 +153,8 @@ LossOutputs loss_autograd(const Tensor& logits, const Tensor& mix_logits, const 
   const bool wide = logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble;
   const bool grad_in_forward = logits.device().is_cpu() && wide && at::GradMode::is_enabled() &&
                                (logits.requires_grad() || mix_logits.requires_grad());
-  const variable_list out = LossFunction::apply(logits, mix_logits, targets, lam, index, weight, options, grad_in_forward);
+  const variable_list out =
+      LossFunction::apply(logits, mix_logits, targets, lam, index, weight, options, grad_in_forward);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 

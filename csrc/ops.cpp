@@ -87,9 +87,9 @@ TORCH_LIBRARY(rankmixup, m) {
   // CPU), its backward then only scaling them. Not differentiable itself.
   m.def(
       "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, str mode, "
-      "str score, float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
-      "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, "
-      "Tensor grad_logits, Tensor grad_mix_logits)");
+      "str score, float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, "
+      "str reduction, Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, "
+      "Tensor row_argmax, Tensor grad_logits, Tensor grad_mix_logits)");
   m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
 
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a
@@ -111,10 +111,10 @@ TORCH_LIBRARY(rankmixup, m) {
   RANKMIXUP_IF_CUDA(m.impl("loss_backward", on(DispatchKey::CUDA, &rankmixup::cuda::loss_backward_cuda)));
 
   // The relevance read off mixed soft targets (the drop-in classes' target_re), what `loss` then
-  // takes as lam, without index: soft_targets
-  // (K*B, C) -> (K, B) in dtype (float32 or float64), each row's largest entry, exactly 1 within
-  // 4 float32 epsilons of 1 (a same-class pair's lam + (1 - lam)). Not differentiable. Devices
-  // without a kernel of their own (CUDA, meta) run the ATen composite.
+  // takes as lam, without index: soft_targets (K*B, C) -> (K, B) in dtype (float32 or float64),
+  // each row's largest entry, exactly 1 within 4 float32 epsilons of 1 (a same-class pair's
+  // lam + (1 - lam)). Not differentiable. Devices without a kernel of their own (CUDA, meta) run
+  // the ATen composite.
   m.def("soft_relevance(Tensor soft_targets, int num_mix, ScalarType dtype) -> Tensor");
   m.impl("soft_relevance", on(DispatchKey::CPU, &rankmixup::cpu::soft_relevance_cpu));
   m.impl("soft_relevance", on(DispatchKey::CompositeExplicitAutograd, &rankmixup::soft_relevance_composite));
@@ -165,12 +165,12 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "loss",
       [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
-         const std::optional<Tensor>& index, std::string_view mode, std::string_view score, double ce_weight, double alpha, double margin,
-         int64_t ignore_index, double label_smoothing, std::string_view reduction,
+         const std::optional<Tensor>& index, std::string_view mode, std::string_view score, double ce_weight,
+         double alpha, double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction,
          const std::optional<Tensor>& weight) {
         return as_python_call([&] {
-          return rankmixup::loss_op().call(logits, mix_logits, targets, lam, index, mode, score, ce_weight, alpha, margin,
-                                           ignore_index, label_smoothing, reduction, weight);
+          return rankmixup::loss_op().call(logits, mix_logits, targets, lam, index, mode, score, ce_weight, alpha,
+                                           margin, ignore_index, label_smoothing, reduction, weight);
         });
       },
       "torch.ops.rankmixup.loss, called directly.");

@@ -90,7 +90,8 @@ def test_ignored_rows_change_nothing():
     for rows in ([1, 4], [7, 10, 13, 16]):  # raw rows, then mix rows k*B + b of the same samples
         (logits if rows[0] < 6 else mix_logits)[rows] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(3)
     for mode, score in RANKINGS:
-        loss, ce, rank, grad_logits, grad_mix = run(CPU, logits, mix_logits, targets, lam, index, options(mode, score, "none"))
+        loss, ce, rank, grad_logits, grad_mix = run(CPU, logits, mix_logits, targets, lam, index,
+                                                    options(mode, score, "none"))
         assert torch.isfinite(loss).all() and loss[[1, 4]].eq(0).all()
         assert grad_logits[[1, 4]].eq(0).all() and grad_mix.view(3, 6, 9)[:, [1, 4]].eq(0).all()
         assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_mix).all()
@@ -246,7 +247,8 @@ def test_loss_backward_rejects_inputs_that_are_not_the_forwards():
     mix_logits = torch.randn(num_mix * batch, classes)
     targets = torch.tensor([0, 1, 2])
     rel = torch.full((num_mix, batch), 0.6)
-    out = torch.ops.rankmixup.loss(logits, mix_logits, targets, rel, None, "mndcg", "logit", 1.0, 0.1, 2.0, -100, 0.0, "mean")
+    out = torch.ops.rankmixup.loss(logits, mix_logits, targets, rel, None, "mndcg", "logit", 1.0, 0.1, 2.0, -100, 0.0,
+                                   "mean")
     row_coefs, row_argmax = out[3], out[4]
     narrow = torch.randn(num_mix * batch, classes - 2)
     with pytest.raises(RuntimeError, match="mix_logits must be"):

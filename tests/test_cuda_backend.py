@@ -120,7 +120,8 @@ def test_ignored_rows_never_read():
     logits[[1, 4]] = poison
     mix_logits[[7, 10, 13, 16]] = poison  # rows k*B + b of the same samples
     for mode, score in RANKINGS:
-        loss, _, _, grad_logits, grad_mix = run(CUDA, logits, mix_logits, targets, lam, index, options(mode, score, "none"))
+        loss, _, _, grad_logits, grad_mix = run(CUDA, logits, mix_logits, targets, lam, index,
+                                                options(mode, score, "none"))
         assert torch.isfinite(loss).all() and loss[[1, 4]].eq(0).all()
         assert grad_logits[[1, 4]].eq(0).all() and grad_mix.view(3, 6, 9)[:, [1, 4]].eq(0).all()
         assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_mix).all()

@@ -125,7 +125,8 @@ def test_ignored_samples_are_inert(device):
     logits[ignored] = float("nan")
     mix_logits.view(3, 6, -1)[:, ignored] = float("inf")
     for mode, score in RANKINGS:
-        got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, _options(mode, score), block_c=16)
+        got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, _options(mode, score),
+                   block_c=16)
         assert all(bool(t.isfinite().all()) for t in got)
         assert not got[3][ignored].any() and not got[4].view(3, 6, -1)[:, ignored].any()
         _assert_matches_reference((logits, mix_logits, targets, lam, index), _options(mode, score))

@@ -127,7 +127,8 @@ struct GradOut {
 
 template <class scalar_t>
 void loss_kernel(const Tensor& logits, const Tensor& mix_logits, const Tensor& targets,
-                 const Relevances<at::opmath_type<scalar_t>>& relevances, const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index, bool smoothing,
+                 const Relevances<at::opmath_type<scalar_t>>& relevances,
+                 const LossConfig<at::opmath_type<scalar_t>>& cfg, int64_t ignore_index, bool smoothing,
                  const ClassWeights<at::opmath_type<scalar_t>>& weights, PerSample<at::opmath_type<scalar_t>>& out,
                  Tensor& coefs, Tensor& argmaxes, GradOut<at::opmath_type<scalar_t>> grad) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -280,8 +281,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loss_forward(
     if (with_grad) grad = {grad_logits.data_ptr<acc_t>(), grad_mix.data_ptr<acc_t>()};
     const Relevances<acc_t> relevances{Matrix<acc_t>(lam), partners, targets.const_data_ptr<int64_t>(),
                                        targets.stride(0)};
-    loss_kernel<scalar_t>(logits, mix_logits, targets, relevances, cfg, options.ignore_index, smooths_labels(options), weights,
-                          per, coefs, argmaxes, grad);
+    loss_kernel<scalar_t>(logits, mix_logits, targets, relevances, cfg, options.ignore_index,
+                          smooths_labels(options), weights, per, coefs, argmaxes, grad);
 
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* ce_out = ce.data_ptr<acc_t>();
