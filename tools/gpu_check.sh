@@ -100,6 +100,9 @@ stage() {
     timeout --kill-after=15 "$cap" "$@" 2>&1 | tee -a "$LOG"
     status=${PIPESTATUS[0]}
     local took=$((SECONDS - begin))
+    # The archive first, then the summary line: a run killed between the two (the device tool
+    # kills at a command's limit) never names a stage whose results it did not keep.
+    pack
     case $status in
     0)
         if ((HAS_CUDA)); then record "$name" ok "$took" ""; else record "$name" dry-run "$took" "no CUDA device"; fi
@@ -117,7 +120,6 @@ stage() {
         FAILED+=("$name")
         ;;
     esac
-    pack
 }
 
 # pytest_stage NAME CAP_S PYTEST_ARGS...: pytest with the stage's JUnit XML in the archive, on
