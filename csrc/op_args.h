@@ -22,7 +22,13 @@ inline at::ScalarType accumulation_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The loss operators' options, parsed from their schema arguments (ops.cpp) into one value.
+// The loss operators' options as schema arguments, in LossOptions' field order: what their schemas
+// (ops.cpp) hold between `Tensor? index` and `Tensor? weight`, and what parse_loss_options takes.
+#define RANKMIXUP_LOSS_OPTION_ARGS                                                               \
+  "str mode, str score, float ce_weight, float alpha, float margin, int ignore_index, " \
+  "float label_smoothing, str reduction"
+
+// The loss operators' options, parsed from their schema arguments into one value.
 inline LossOptions parse_loss_options(std::string_view mode, std::string_view score, double ce_weight, double alpha,
                                       double margin, int64_t ignore_index, double label_smoothing,
                                       std::string_view reduction) {

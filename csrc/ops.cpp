@@ -57,6 +57,18 @@ pybind11::dict build_info() {
   return info;
 }
 
+// _C.loss: the loss operator with the schema's arguments (with_parsed_options parses its options,
+// call_with_options hands them back as schema arguments: the option list is op_args.h's alone).
+rankmixup::LossOutputs loss_called_directly(const at::Tensor& logits, const at::Tensor& mix_logits,
+                                            const at::Tensor& targets, const at::Tensor& lam,
+                                            const rankmixup::MixPartners& index, const rankmixup::ClassWeight& weight,
+                                            const rankmixup::LossOptions& options) {
+  return rankmixup::as_python_call([&] {
+    return rankmixup::call_with_options(rankmixup::loss_op(), logits, mix_logits, targets, lam, index, weight,
+                                        options);
+  });
+}
+
 }  // namespace
 
 // Every operator's schema and every kernel it has, one operator at a time: its CPU kernel, its
@@ -74,9 +86,8 @@ TORCH_LIBRARY(rankmixup, m) {
   // row of each sample's list (K+1, B), 5 coefficients (the row's max and the gradient's terms,
   // for grad_output = 1, reduction applied: pack_row) and the argmax.
   m.def(
-      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, str mode, str score, "
-      "float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, str reduction, "
-      "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, " RANKMIXUP_LOSS_OPTION_ARGS
+      ", Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
   m.impl("loss", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_cpu>));
   RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::with_parsed_options<&rankmixup::cuda::loss_cuda>)));
   m.impl("loss", on(DispatchKey::Autograd, &rankmixup::with_parsed_options<&rankmixup::loss_autograd>));
@@ -86,9 +97,8 @@ TORCH_LIBRARY(rankmixup, m) {
   // what autograd calls on devices whose kernels are bound by arithmetic rather than memory (the
   // CPU), its backward then only scaling them. Not differentiable itself.
   m.def(
-      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, str mode, "
-      "str score, float ce_weight, float alpha, float margin, int ignore_index, float label_smoothing, "
-      "str reduction, Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, "
+      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, "
+      RANKMIXUP_LOSS_OPTION_ARGS ", Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, "
       "Tensor row_argmax, Tensor grad_logits, Tensor grad_mix_logits)");
   m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
 
@@ -162,18 +172,7 @@ PYBIND11_MODULE(_C, m) {
   // backward). They know nothing of __torch_function__, which the torch.ops binding honours, so
   // compiled.py calls them only where there is none to honour (plain tensors, eager mode, no
   // function mode).
-  m.def(
-      "loss",
-      [](const Tensor& logits, const Tensor& mix_logits, const Tensor& targets, const Tensor& lam,
-         const std::optional<Tensor>& index, std::string_view mode, std::string_view score, double ce_weight,
-         double alpha, double margin, int64_t ignore_index, double label_smoothing, std::string_view reduction,
-         const std::optional<Tensor>& weight) {
-        return as_python_call([&] {
-          return rankmixup::loss_op().call(logits, mix_logits, targets, lam, index, mode, score, ce_weight, alpha,
-                                           margin, ignore_index, label_smoothing, reduction, weight);
-        });
-      },
-      "torch.ops.rankmixup.loss, called directly.");
+  m.def("loss", &rankmixup::with_parsed_options<&loss_called_directly>, "torch.ops.rankmixup.loss, called directly.");
   m.def(
       "soft_relevance",
       [](const Tensor& soft_targets, int64_t num_mix, at::ScalarType dtype) {
