@@ -134,6 +134,22 @@ def test_partner_outside_the_batch(backend, device, mode, score):
     torch.testing.assert_close(loss[others], expected[0][others], rtol=0, atol=0)
 
 
+def test_partner_of_an_ignored_sample_outside_the_batch(backend, device):
+    """An ignored sample's partners are checked on the CPU, as every entry of index is, and
+    unread on a device: its loss stays 0 and no other sample changes."""
+    logits, mix_logits, targets, lam, index = problem(6, 2, 5, ignore="none", seed=15, device=device)
+    targets[4] = -100
+    opts = options("mndcg", "logit", "none")
+    expected = run(backend, logits, mix_logits, targets, lam, index, opts)
+    index[1, 4] = 6
+    if device == "cpu":
+        with pytest.raises(RuntimeError, match=r"rankmixup::loss: index\[1, 4\] = 6 is outside \[0, 6\)"):
+            run(backend, logits, mix_logits, targets, lam, index, opts)
+        return
+    for got, want in zip(run(backend, logits, mix_logits, targets, lam, index, opts), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 # 10: the CPU scans a block of samples at a time; 23: row by row, and on CUDA element-wise;
 # 64: contiguous rows take CUDA's vector path, strided ones not.
 @pytest.mark.parametrize("classes", [10, 23, 64])

@@ -172,6 +172,19 @@ def test_partner_outside_the_batch_gives_nan_for_its_sample_only(device, mode, s
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_partner_of_an_ignored_sample_is_unread(device):
+    """An ignored sample's partners are never read: one outside [0, B) changes nothing."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    ignored = (targets == -100).nonzero().flatten()[0]
+    options = _options(reduction="none")
+    expected = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, options)
+    index[1, ignored] = -logits.shape[0]
+    got = _run(triton_loss.rankmixup_loss, logits, mix_logits, targets, lam, index, options)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("mode", "score"), RANKINGS)
 def test_derived_relevance_is_the_given_one(device, mode, score):
     """The kernel's relevances from lam and the partners' labels are reference.relevance's, bit

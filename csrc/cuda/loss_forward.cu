@@ -352,8 +352,10 @@ ForwardShape forward_shape(int64_t batch, int64_t classes, int64_t num_mix, int 
   const int samples = static_cast<int>(std::max<int64_t>(1, teams.per_block() / (num_mix + 1)));
   const size_t bytes = shared_layout<acc_t>(samples, num_mix + 1, teams.threads / kWarpSize).bytes;
   // A sample's K+1 rows meet in shared memory; the default 48 KiB per block hold several
-  // hundred of them, less the kernel's static count scratch (count_scratch, block_count).
-  constexpr size_t kMaxShared = 48 * 1024 - (kWarpSize + 1) * sizeof(int64_t);
+  // hundred of them, less the kernel's static count scratch (count_scratch, block_count), which
+  // the dynamic array follows at its 16-byte alignment.
+  constexpr size_t kStaticShared = (kWarpSize + 1) * sizeof(int64_t);
+  constexpr size_t kMaxShared = 48 * 1024 - (kStaticShared + 15) / 16 * 16;
   TORCH_CHECK(bytes <= kMaxShared, "rankmixup::loss: K = ", num_mix, " mixes per sample need ", bytes,
               " bytes of shared memory in the CUDA kernel, more than its ", kMaxShared);
   return {teams, samples, bytes, ceil_div(batch, samples)};
