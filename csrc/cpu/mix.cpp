@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/pairing.h"
@@ -25,13 +26,16 @@ constexpr int64_t kGrainElements = 1 << 15;
 // elements; larger inputs of longer rows go to ATen's amax.
 constexpr int64_t kSoftRelevanceOnePassClasses = 64;
 constexpr int64_t kSoftRelevanceOnePassElements = 1 << 16;
+using UnitStride = std::integral_constant<int64_t, 1>;
 // Features per block of the backward's float accumulator: small enough to stay in L1.
 constexpr int64_t kBlock = 1024;
 
 // The largest of n values a stride apart, NaN if any is NaN (as torch.amax); exact in any dtype.
-// (Out of the dispatch macros, which cannot hold a pragma.)
-template <class acc_t, class scalar_t>
-acc_t largest_of(const scalar_t* values, int64_t n, int64_t stride) {
+// (Out of the dispatch macros, which cannot hold a pragma.) Stride is int64_t, or UnitStride for
+// contiguous rows: a loop the compiler vectorizes with plain loads, where a stride known only at
+// run time takes element-wise gathers (about 6x slower on 100 classes).
+template <class acc_t, class scalar_t, class Stride>
+acc_t largest_of(const scalar_t* values, int64_t n, Stride stride) {
   acc_t largest = -std::numeric_limits<acc_t>::infinity();
   int nan = 0;
 #pragma omp simd reduction(max : largest) reduction(| : nan)
@@ -153,14 +157,18 @@ Tensor soft_relevance_cpu(const Tensor& soft_targets, int64_t num_mix, at::Scala
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, soft_targets.scalar_type(), "rankmixup_soft_relevance_cpu",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* soft = soft_targets.const_data_ptr<scalar_t>();
+    using soft_t = scalar_t;
+    const soft_t* soft = soft_targets.const_data_ptr<soft_t>();
     AT_DISPATCH_FLOATING_TYPES(dtype, "rankmixup_soft_relevance_cpu_out", [&] {
       using out_t = scalar_t;
       out_t* out = rel.data_ptr<out_t>();
       const out_t one_within = static_cast<out_t>(1.0 - kSoftRelevanceOneTolerance);
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / classes), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const out_t value = static_cast<out_t>(largest_of<acc_t>(soft + r * row_stride, classes, col_stride));
+          const soft_t* row = soft + r * row_stride;
+          const acc_t largest = col_stride == 1 ? largest_of<acc_t>(row, classes, UnitStride{})
+                                                : largest_of<acc_t>(row, classes, col_stride);
+          const out_t value = static_cast<out_t>(largest);
           out[r] = value >= one_within ? out_t(1) : value;
         }
       });
