@@ -172,6 +172,18 @@ def test_partner_outside_the_batch_gives_nan_for_its_sample_only(device, mode, s
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_backward_of_a_call_without_gradient_rows(device):
+    """A direct call whose lam alone requires grad writes no gradient rows (need_grad False):
+    autograd still runs the backward, which gives no input a gradient."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    lam.requires_grad_()
+    options = ("mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0)
+    loss, _, _, grad = triton_loss.fused_loss(logits, mix_logits, targets, lam, index, *options, False, 0)
+    assert grad.shape[0] == 0 and loss.requires_grad
+    assert torch.autograd.grad(loss.sum(), lam, allow_unused=True) == (None,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_partner_of_an_ignored_sample_is_unread(device):
     """An ignored sample's partners are never read: one outside [0, B) changes nothing."""
     logits, mix_logits, targets, lam, index = _problem(device)
@@ -333,6 +345,31 @@ def test_public_api_with_strided_inputs(device):
             torch.testing.assert_close(g, w)
 
 
+# Sizes as torch.compile traces them with dynamic shapes (a batch of 300, 3 mixes, 100 and 1000
+# classes: where the warps or tiles came out as SymInts before).
+@pytest.mark.parametrize("config", [
+    lambda size: triton_reduce.reduce_launch_config(size(300)),
+    lambda size: triton_loss.loss_launch_config(size(3), size(100)),
+    lambda size: triton_loss.loss_launch_config(size(3), size(200), 64),
+    lambda size: triton_loss.scale_launch_config(size(1000)),
+    lambda size: triton_mix.mix_launch_config(size(3 * 32 * 32)),
+], ids=["reduce", "loss", "loss-capped", "scale", "mix"])
+def test_launch_configs_are_python_ints_for_symbolic_sizes(config):
+    """A SymInt num_warps cannot be written into Inductor's generated launcher: every value of a
+    launch configuration is a Python int, and the same as for the sizes' values."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+
+    def symbolic(value):
+        return env.create_symintnode(env.create_symbol(value, source=ConstantSource(f"s{value}")), hint=value)
+
+    traced = config(symbolic)
+    assert all(type(value) is int for value in traced.values()), traced
+    assert traced == config(int)
+
+
 # --- mix --------------------------------------------------------------------------------
 
 
@@ -431,3 +468,27 @@ def test_compiled_training_step_has_no_graph_breaks():
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch,classes", [(300, 100), (130, 1000)])
+def test_compiled_with_dynamic_shapes(batch, classes):
+    """torch.compile(dynamic=True) traces the launches with symbolic sizes (where the warps once
+    came out as SymInts, which Inductor's launcher cannot hold): loss and gradients equal the
+    reference's."""
+    torch._dynamo.reset()
+    logits, mix_logits, targets, lam, index = _problem("cuda", batch=batch, classes=classes)
+    logits.requires_grad_()
+    mix_logits.requires_grad_()
+
+    def loss(logits, mix_logits, backend):
+        return rmx.rankmixup_loss(logits, mix_logits, targets, lam, index, backend=backend).loss
+
+    compiled = torch.compile(loss, dynamic=True, fullgraph=True)
+    results = []
+    for fn, backend in ((compiled, "triton"), (loss, "reference")):
+        value = fn(logits, mix_logits, backend)
+        results.append((value, *torch.autograd.grad(value, (logits, mix_logits))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)

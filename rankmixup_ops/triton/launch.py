@@ -20,8 +20,16 @@ def interpreted(kernel) -> bool:
 def block_config(size: int, max_block: int, max_warps: int = 8) -> dict:
     """``BLOCK`` and ``num_warps`` of a one-dimensional tile over ``size`` elements: the next power
     of two up to ``max_block``, and a warp per 256 of its lanes (1 to ``max_warps``)."""
-    block = min(triton.next_power_of_2(max(size, 1)), max_block)
+    block = static(min(triton.next_power_of_2(max(size, 1)), max_block))
     return dict(BLOCK=block, num_warps=max(1, min(max_warps, block // 256)))
+
+
+def static(value) -> int:
+    """A launch configuration's ``value`` as a Python int. Traced by torch.compile with dynamic
+    shapes, a size is a SymInt, and so is what is computed from it; a SymInt ``num_warps`` cannot
+    be written into Inductor's generated launcher (it fails there). ``int`` guards the graph on
+    this value, which wrap_triton does for a constexpr tile size anyway."""
+    return int(value)
 
 
 def launcher(kernel):

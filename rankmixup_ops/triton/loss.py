@@ -168,9 +168,9 @@ def _fused_loss_kernel(
     # Each mix's relevance (SPEC §3), from lam and the partner's label when PAIRED, else lam
     # itself. A partner outside the batch is not read, and poisons its sample as a label outside
     # [0, C) does (checking would need a host synchronisation).
-    lam = tl.load(lam_ptr + k * stride_lam_k + b * stride_lam_b, mask=is_mix, other=1.0).to(acc_ty)
+    lam = tl.load(lam_ptr + k.to(tl.int64) * stride_lam_k + b * stride_lam_b, mask=is_mix, other=1.0).to(acc_ty)
     if PAIRED:
-        partner = tl.load(index_ptr + k * stride_index_k + b * stride_index_b, mask=is_mix, other=0)
+        partner = tl.load(index_ptr + k.to(tl.int64) * stride_index_k + b * stride_index_b, mask=is_mix, other=0)
         in_batch = (partner >= 0) & (partner < batch)
         partner_target = tl.load(targets_ptr + partner * stride_targets, mask=is_mix & in_batch, other=0)
         # max(lam, 1 - lam) as a where: NaN for a NaN lam, as on the other backends.
@@ -306,15 +306,20 @@ def loss_launch_config(num_mix: int, num_classes: int, block_c: int = 0) -> dict
     ``block_c`` caps the chunk width (a power of two); 0 picks the widest chunk the tile
     allows, so that small class counts take a single chunk.
     """
-    rows = triton.next_power_of_2(num_mix + 1)
+    rows = launch.static(triton.next_power_of_2(num_mix + 1))
     widest = max(16, MAX_TILE // rows)
-    block = min(triton.next_power_of_2(num_classes), block_c or widest, widest)
-    return dict(KP=triton.next_power_of_2(num_mix), BLOCK_C=block, num_warps=max(1, min(8, rows * block // 256)))
+    block = launch.static(min(triton.next_power_of_2(num_classes), block_c or widest, widest))
+    kp = launch.static(triton.next_power_of_2(num_mix))
+    return dict(KP=kp, BLOCK_C=block, num_warps=max(1, min(8, rows * block // 256)))
 
 
 def scale_launch_config(num_classes: int) -> dict:
     """Class block and warps of the backward's scaling launch."""
     return launch.block_config(num_classes, 2048)
+
+
+# fused_loss's argument need_grad, by position (the order of its signature below).
+_NEED_GRAD = 12
 
 
 @triton_op("rankmixup_triton::fused_loss", mutates_args=())
@@ -413,6 +418,9 @@ def _setup_context(ctx, inputs, output):
     logits = inputs[0]
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
+    # Without need_grad there are no gradient rows: autograd still calls the backward when
+    # another input (lam, say, in a direct call) requires grad, and the logits get none.
+    ctx.has_grad_rows = inputs[_NEED_GRAD]
     ctx.save_for_backward(output[3])
     # Only the loss carries a gradient (ce and rank are returned detached, the gradient rows
     # are internal): spare autograd filling zeros for the other three outputs on every
@@ -421,7 +429,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
-    if grad_loss is None:
+    if grad_loss is None or not ctx.has_grad_rows:
         return (None,) * 16
     (grad,) = ctx.saved_tensors
     # grad_loss may be an expanded (stride-0) view of a scalar: the kernel reads it by stride.

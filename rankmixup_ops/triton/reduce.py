@@ -38,7 +38,8 @@ def _reduce_kernel(loss_ptr, ce_ptr, rank_ptr, targets_ptr, ce_scale_ptr, loss_o
         ce_sum += tl.load(ce_ptr + i, mask=live, other=0.0).to(tl.float64)
         rank_sum += tl.load(rank_ptr + i, mask=live, other=0.0).to(tl.float64)
         if MEAN:
-            target = tl.load(targets_ptr + i * stride_targets, mask=live, other=ignore_index)
+            # int64: a strided targets' offsets may pass 2**31.
+            target = tl.load(targets_ptr + i.to(tl.int64) * stride_targets, mask=live, other=ignore_index)
             valid += (live & (target != ignore_index)).to(tl.int32)
     if MEAN:
         # A mean over nothing is 0, never NaN.
