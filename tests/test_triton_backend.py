@@ -171,6 +171,16 @@ def test_partner_outside_the_batch_gives_nan_for_its_sample_only(device, mode, s
     assert got[0][others].isfinite().all() and got[3][others].isfinite().all()
 
 
+# M-NDCG: its (KP, KP) ranking of 2048 x 2048; MRL: its 131072 rows of 16 classes.
+@pytest.mark.parametrize(("mode", "num_mix", "classes", "tile"), [("mndcg", 1025, 2, 2**22), ("mrl", 65536, 16, 2**21)])
+def test_more_mixes_than_a_tile_holds_raise(mode, num_mix, classes, tile):
+    """Past Triton's tile size the kernel cannot compile: a ValueError says so before any launch."""
+    logits, mix_logits, targets, lam, index = _problem("cpu", batch=1, classes=classes, num_mix=num_mix)
+    with pytest.raises(ValueError, match=f"K = {num_mix} mixes per sample, which the triton backend's {mode} kernel "
+                                         f"would hold in a tile of {tile} elements, more than Triton's 1048576"):
+        triton_loss.rankmixup_loss(logits, mix_logits, targets, lam, index, LossOptions(mode=mode))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_of_a_call_without_gradient_rows(device):
     """A direct call whose lam alone requires grad writes no gradient rows (need_grad False):

@@ -313,6 +313,18 @@ def loss_launch_config(num_mix: int, num_classes: int, block_c: int = 0) -> dict
     return dict(KP=kp, BLOCK_C=block, num_warps=max(1, min(8, rows * block // 256)))
 
 
+def _check_tiles_fit(mode: str, num_mix: int, config: dict) -> None:
+    """A program holds a sample's K+1 rows in one tile of ``next_power_of_2(K+1) x BLOCK_C``
+    and, for M-NDCG, its ranking in one of ``KP x KP``; Triton caps a tile's elements (2**20):
+    at most 1024 mixes per sample for M-NDCG, and 65535 for MRL on 16 classes or more."""
+    rows = triton.next_power_of_2(num_mix + 1)
+    largest = max(rows * config["BLOCK_C"], config["KP"] ** 2 if mode == "mndcg" else 0)
+    if largest > tl.TRITON_MAX_TENSOR_NUMEL:
+        raise ValueError(f"rankmixup_loss: mix_logits holds K = {num_mix} mixes per sample, which the triton "
+                         f"backend's {mode} kernel would hold in a tile of {largest} elements, more than Triton's "
+                         f"{tl.TRITON_MAX_TENSOR_NUMEL}")
+
+
 def scale_launch_config(num_classes: int) -> dict:
     """Class block and warps of the backward's scaling launch."""
     return launch.block_config(num_classes, 2048)
@@ -361,6 +373,7 @@ def fused_loss(
     grad_rows = (num_mix + 1) * batch if need_grad else 0
     grad = torch.empty(grad_rows, num_classes, device=logits.device, dtype=logits.dtype)
     config = loss_launch_config(num_mix, num_classes, block_c)
+    _check_tiles_fit(mode, num_mix, config)
     launch.launcher(_fused_loss_kernel)[(batch,)](
         logits,
         mix_logits,
