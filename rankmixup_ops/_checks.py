@@ -92,7 +92,7 @@ def real(fn: str, name: str, value, *, low: float = -math.inf, high: float = mat
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
         value = float(value)
-    if not math.isfinite(value):
+    if not abs(value) < math.inf:  # not math.isfinite: torch.compile cannot trace it on a symbolic float
         raise ValueError(f"{fn}: {name} must be finite, got {value}")
     if not low <= value <= high:
         raise ValueError(f"{fn}: {name} must be in [{low}, {high}], got {value}")

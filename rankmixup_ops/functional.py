@@ -129,8 +129,11 @@ def loss_options(fn: str, mode, score, ce_weight, alpha, margin, ignore_index, l
         check.floating(fn, "weight", weight)
         check.shape(fn, "weight", weight, "(C,) with C >= 1", weight.dim() == 1 and weight.numel() > 0)
     scalars = (fn, mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction)
+    # Without the memo under torch.compile: traced once per graph, the scalars possibly symbolic
+    # (dynamic=True), and Dynamo would skip the cache with a warning anyway.
+    checked = _scalar_options.__wrapped__ if torch.compiler.is_compiling() else _scalar_options
     try:
-        options = _scalar_options(*scalars)
+        options = checked(*scalars)
     except TypeError:
         # An unhashable value (a list, say) cannot be a cache key: the checks say what is wrong.
         options = _scalar_options.__wrapped__(*scalars)

@@ -18,12 +18,12 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, C))
 
 
-def _batch():
+def _batch(batch=B):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(B, FEATURES, generator=gen)
-    y = torch.randint(0, C, (B,), generator=gen)
+    x = torch.randn(batch, FEATURES, generator=gen)
+    y = torch.randint(0, C, (batch,), generator=gen)
     y[2] = -100
-    lam, index = rmx.sample_mixup(B, K, 1.0, per_sample=True, generator=gen)
+    lam, index = rmx.sample_mixup(batch, K, 1.0, per_sample=True, generator=gen)
     return x, y, lam, index
 
 
@@ -62,6 +62,29 @@ def test_training_step_compiles_without_graph_breaks(backend, mode, weighted):
     torch.testing.assert_close(compiled, eager)
     for got, expected in zip(compiled_model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(got.grad, expected.grad)
+
+
+@pytest.mark.parametrize("backend", ["auto", *CPU_BACKENDS])
+def test_training_step_compiles_once_with_dynamic_shapes(backend):
+    """torch.compile(dynamic=True): the sizes are symbolic, and so are the scalars Dynamo reads
+    (the options' defaults among them); one graph serves two batch sizes, as eager computes."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    eager_model, compiled_model = _model(), _model()
+    eager_step = _step(eager_model, backend, "mndcg", weighted=True)
+    compiled_step = torch.compile(_step(compiled_model, backend, "mndcg", weighted=True), fullgraph=True,
+                                  dynamic=True, backend=counter)
+    compiles = []
+    for batch in (B, 13):
+        eager_model.zero_grad(), compiled_model.zero_grad()
+        eager = _train_step(eager_step, _batch(batch))
+        torch.testing.assert_close(_train_step(compiled_step, _batch(batch)), eager)
+        for got, expected in zip(compiled_model.parameters(), eager_model.parameters(), strict=True):
+            torch.testing.assert_close(got.grad, expected.grad)
+        compiles.append(counter.frame_count)
+    assert compiles[0] >= 1 and compiles[1] == compiles[0], compiles  # no recompile for the second size
 
 
 def test_sample_mixup_compiles_without_graph_breaks():
