@@ -330,10 +330,6 @@ def scale_launch_config(num_classes: int) -> dict:
     return launch.block_config(num_classes, 2048)
 
 
-# fused_loss's argument need_grad, by position (the order of its signature below).
-_NEED_GRAD = 12
-
-
 @triton_op("rankmixup_triton::fused_loss", mutates_args=())
 def fused_loss(
     logits: torch.Tensor,
@@ -431,9 +427,6 @@ def _setup_context(ctx, inputs, output):
     logits = inputs[0]
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
-    # Without need_grad there are no gradient rows: autograd still calls the backward when
-    # another input (lam, say, in a direct call) requires grad, and the logits get none.
-    ctx.has_grad_rows = inputs[_NEED_GRAD]
     ctx.save_for_backward(output[3])
     # Only the loss carries a gradient (ce and rank are returned detached, the gradient rows
     # are internal): spare autograd filling zeros for the other three outputs on every
@@ -442,9 +435,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
-    if grad_loss is None or not ctx.has_grad_rows:
-        return (None,) * 16
     (grad,) = ctx.saved_tensors
+    # No gradient rows (need_grad False): autograd still calls the backward when another input
+    # (lam, say, in a direct call) requires grad, and the logits get none.
+    if grad_loss is None or grad.shape[0] == 0:
+        return (None,) * 16
     # grad_loss may be an expanded (stride-0) view of a scalar: the kernel reads it by stride.
     scaled = fused_loss_backward(grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
