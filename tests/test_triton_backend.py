@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 
 import rankmixup_ops as rmx  # noqa: E402
 from rankmixup_ops import reference  # noqa: E402
-from rankmixup_ops._types import LossOptions  # noqa: E402
+from rankmixup_ops._types import LossOptions, accumulation_dtype  # noqa: E402
 from rankmixup_ops.triton import BACKEND  # noqa: E402
 from rankmixup_ops.triton import cutmix as triton_cutmix  # noqa: E402
 from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
@@ -191,6 +191,19 @@ def test_backward_of_a_call_without_gradient_rows(device):
     loss, _, _, grad = triton_loss.fused_loss(logits, mix_logits, targets, lam, index, *options, False, 0)
     assert grad.shape[0] == 0 and loss.requires_grad
     assert torch.autograd.grad(loss.sum(), lam, allow_unused=True) == (None,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_the_loss_is_differentiable(device):
+    """As in the C++ loss op: the parts and the gradient rows of fused_loss, and the parts and
+    scale of reduce_loss, carry no gradient, called directly too."""
+    logits, mix_logits, targets, lam, index = _problem(device)
+    logits.requires_grad_()
+    options = ("mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0)
+    loss, *others = triton_loss.fused_loss(logits, mix_logits, targets, lam, index, *options, True, 0)
+    assert loss.requires_grad and not any(t.requires_grad for t in others)
+    total, *parts = triton_reduce.reduce_loss(loss, others[0], others[1], targets, -100, True)
+    assert total.requires_grad and not any(t.requires_grad for t in parts)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -393,7 +406,8 @@ def test_mix_matches_reference(device, dtype, shape, num_mix, per_sample):
     gen = torch.Generator().manual_seed(len(shape))
     batch = shape[0]
     x = torch.randn(shape, generator=gen).to(device, dtype)
-    lam = torch.rand(num_mix, batch if per_sample else 1, generator=gen).expand(num_mix, batch).to(device)
+    lam = torch.rand(num_mix, batch if per_sample else 1, generator=gen).expand(num_mix, batch)
+    lam = lam.to(device, accumulation_dtype(dtype))  # as the public mix hands it to a backend
     index = torch.stack([torch.randperm(batch, generator=gen) for _ in range(num_mix)]).to(device)
     grad = torch.randn(num_mix * batch, *shape[1:], generator=gen).to(device, dtype)
     got, got_grad = _mix_and_grad(BACKEND.mix, x, lam, index, grad)

@@ -22,6 +22,7 @@ from torch.library import triton_op
 from .._types import image_memory_format
 from . import launch
 from .mix import inverse_permutation, mix_launch_config, program_block
+from .op_args import check_paste_boxes_args
 
 
 @triton.jit
@@ -112,6 +113,7 @@ def _dense_images(images: torch.Tensor, rows: int):
 @triton_op("rankmixup_triton::paste_boxes", mutates_args=())
 def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K CutMix mixes of ``x`` ``(B, C, H, W)``, as ``(K*B, C, H, W)`` mix-major, in one launch."""
+    check_paste_boxes_args("paste_boxes", x, boxes, index, per_mix_rows=False)
     num_mix, batch = index.shape
     dense, out, (image, *geometry), channels_last = _dense_images(x, num_mix * batch)
     if out.numel():
@@ -126,6 +128,7 @@ def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> to
 @triton_op("rankmixup_triton::paste_boxes_backward", mutates_args=())
 def paste_boxes_backward(grad: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`paste_boxes` with respect to ``x``, ``(B, C, H, W)``, from ``grad`` ``(K*B, C, H, W)``."""
+    check_paste_boxes_args("paste_boxes_backward", grad, boxes, index, per_mix_rows=True)
     num_mix, batch = index.shape
     dense, out, (image, *geometry), channels_last = _dense_images(grad, batch)
     if out.numel():

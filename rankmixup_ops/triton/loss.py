@@ -31,6 +31,7 @@ from torch.library import triton_op
 
 from .._types import LossOptions, LossOutput, accumulation_dtype
 from . import launch
+from .op_args import check_fused_loss_args, check_fused_loss_backward_args
 from .reduce import reduce_loss
 
 # The row budget of one program: next_power_of_2(K + 1) rows of BLOCK_C classes hold at most
@@ -359,6 +360,7 @@ def fused_loss(
 
     ``weight``: class weights ``(C,)`` in the accumulation dtype, or None. ``ce_rescale``: a
     scalar by which each sample's CE is multiplied in its loss (not in ``ce``), or None."""
+    check_fused_loss_args(logits, mix_logits, targets, lam, index, mode, score, block_c, weight, ce_rescale)
     batch, num_classes = logits.shape
     num_mix = lam.shape[0]
     # Rows may have any stride; classes are read contiguously (a copy only for column-strided input).
@@ -412,6 +414,7 @@ def fused_loss(
 @triton_op("rankmixup_triton::fused_loss_backward", mutates_args=())
 def fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
     """``grad`` ``((K+1)*B, C)`` with row ``r`` scaled by ``grad_loss[r % B]`` (new tensor)."""
+    check_fused_loss_backward_args(grad, grad_loss)
     out = torch.empty_like(grad)
     rows, num_classes = grad.shape
     if rows:
@@ -428,9 +431,10 @@ def _setup_context(ctx, inputs, output):
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
     ctx.save_for_backward(output[3])
-    # Only the loss carries a gradient (ce and rank are returned detached, the gradient rows
-    # are internal): spare autograd filling zeros for the other three outputs on every
-    # backward, the gradient rows' a buffer the size of all the logits.
+    # Only the loss carries a gradient, as in the C++ loss op: ce and rank are its parts for
+    # logging, the gradient rows internal. Nor does autograd fill zeros for those three outputs
+    # on every backward (the gradient rows' a buffer the size of all the logits).
+    ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
 
 
@@ -483,12 +487,11 @@ def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions
         options.weight,
         ce_rescale,
     )
-    ce, rank = ce.detach(), rank.detach()
     if options.reduction == "none":
         return LossOutput(loss, ce, rank)
     loss, ce, rank, _ = reduce_loss(loss, ce, rank, targets, options.ignore_index, options.reduction == "mean",
                                     ce_scale)
-    return LossOutput(loss, ce.detach(), rank.detach())
+    return LossOutput(loss, ce, rank)
 
 
 def _valid_weight_sum(targets: torch.Tensor, options: LossOptions) -> torch.Tensor:

@@ -16,6 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from . import launch
+from .op_args import check_mix_args
 
 MAX_BLOCK = 2048
 
@@ -107,6 +108,7 @@ def inverse_permutation(index: torch.Tensor) -> torch.Tensor:
 @triton_op("rankmixup_triton::mix", mutates_args=())
 def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K mixes of ``x`` ``(B, *feat)``, as ``(K*B, *feat)`` mix-major, in one launch."""
+    check_mix_args("mix", x, lam, index, per_mix_rows=False)
     num_mix, batch = index.shape
     x2 = _rows(x, batch)
     features = x2.shape[1]
@@ -135,6 +137,7 @@ def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor
 @triton_op("rankmixup_triton::mix_backward", mutates_args=())
 def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`mix` with respect to ``x``, ``(B, *feat)``, from ``grad`` ``(K*B, *feat)``."""
+    check_mix_args("mix_backward", grad, lam, index, per_mix_rows=True)
     num_mix, batch = index.shape
     g2 = _rows(grad, num_mix * batch)
     features = g2.shape[1]

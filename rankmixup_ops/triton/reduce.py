@@ -14,6 +14,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from . import launch
+from .op_args import check_reduce_loss_args
 
 # Samples per step of the program's loop: the paper's batches in one or two steps.
 MAX_BLOCK = 1024
@@ -73,6 +74,7 @@ def reduce_loss(
     rank, scale)``, four scalars of their dtype. ``mean``: over the samples whose target is not
     ``ignore_index``; else the sum. ``ce_scale``: a scalar that replaces the mean's divisor for
     ce (the weighted mean's), or None."""
+    check_reduce_loss_args(loss, ce, rank, targets, ce_scale)
     # Four outputs, not views of one buffer: a view's backward would scatter into zeros.
     out = [torch.empty((), device=loss.device, dtype=loss.dtype) for _ in range(4)]
     launch.launcher(_reduce_kernel)[(1,)](
@@ -95,7 +97,10 @@ def reduce_loss(
 def _setup_context(ctx, inputs, output):
     ctx.batch = inputs[0].shape[0]
     ctx.save_for_backward(output[3])
-    ctx.set_materialize_grads(False)  # only the loss carries a gradient
+    # Only the loss carries a gradient: ce, rank and the scale are constants, and autograd
+    # fills no zeros for them on every backward.
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_scale):
