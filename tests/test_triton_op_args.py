@@ -98,6 +98,10 @@ CASES = {
                       "fused_loss_backward: grad_loss"),
     "grad 1-D": (lambda: OPS.fused_loss_backward(torch.randn(B), torch.ones(B)), ValueError,
                  "fused_loss_backward: grad"),
+    "grad expanded": (lambda: OPS.fused_loss_backward(torch.randn(1, C).expand((K + 1) * B, C), torch.ones(B)),
+                      ValueError, "fused_loss_backward: grad"),
+    "grad transposed": (lambda: OPS.fused_loss_backward(torch.randn(C, (K + 1) * B).t(), torch.ones(B)),
+                        ValueError, "fused_loss_backward: grad"),
     # reduce_loss
     "ce other length": (_reduce(ce=torch.rand(B + 1)), ValueError, "reduce_loss: ce"),
     "loss strided": (_reduce(loss=torch.rand(2 * B)[::2]), ValueError, "reduce_loss: loss"),
@@ -150,3 +154,35 @@ def test_the_arguments_the_public_functions_pass_are_accepted():
                            per_mix_rows=True)
     op_args.check_paste_boxes_args("paste_boxes", torch.randn(B, 3, 4, 4).to(memory_format=torch.channels_last),
                                    torch.zeros(K, B, 4, dtype=torch.int64), index, per_mix_rows=False)
+
+
+def test_checks_trace_with_symbolic_sizes_without_pinning_them():
+    """Under torch.compile(dynamic=True) the checks run on fake tensors of symbolic sizes: they
+    may only guard the relations the contract states (lam's B is the logits' B, mix_logits has
+    K*B rows, ...), never a size to its value, which would recompile for every batch size."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    from rankmixup_ops.triton import op_args
+
+    shape_env = ShapeEnv(duck_shape=False)  # every size its own symbol, as distinct as can be
+    mode = FakeTensorMode(shape_env=shape_env)
+
+    def symbolic(tensor):
+        return mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext([DimDynamic.DYNAMIC] * tensor.dim()))
+
+    logits, mix_logits, targets, lam, index, *_ = (symbolic(t) for t in _loss_args()[:5])
+    weight, per_sample, x = symbolic(torch.ones(C)), symbolic(torch.rand(B)), symbolic(torch.randn(B, 3, 4, 4))
+    boxes = symbolic(torch.zeros(K, B, 4, dtype=torch.int64))
+    coordinates = boxes.shape[2].node.expr  # its symbol, before a guard fixes it
+    with mode:
+        op_args.check_fused_loss_args(logits, mix_logits, targets, lam, index, "mndcg", "logit", 0, weight, None)
+        grad = torch.empty((lam.shape[0] + 1) * logits.shape[0], logits.shape[1])
+        op_args.check_fused_loss_backward_args(grad, torch.ones(()).expand(logits.shape[0]))
+        op_args.check_reduce_loss_args(per_sample, per_sample, per_sample, targets, None)
+        op_args.check_mix_args("mix", x, lam, index, per_mix_rows=False)
+        op_args.check_paste_boxes_args("paste_boxes", x, boxes, index, per_mix_rows=False)
+    pinned = [guard.expr for guard in shape_env.guards if len(guard.expr.free_symbols) < 2]
+    # The one size the contract fixes: a box's four coordinates.
+    assert [str(expr) for expr in pinned] == [f"Eq({coordinates}, 4)"]
+    assert shape_env.guards, "the checks compared no symbolic size: the test traced nothing"

@@ -435,6 +435,9 @@ void scale_grads_cpu(const Tensor& grad_logits, const Tensor& grad_mix, const Te
     const int64_t* labels = y.const_data_ptr<int64_t>();
     scalar_t* raw = grad_logits.data_ptr<scalar_t>();
     scalar_t* mix = grad_mix.data_ptr<scalar_t>();
+    // backward() of a scalar loss: nothing to scale anywhere (see below), and no threads to wake
+    // for it (at C = 100 the batch would be split, and the fork and join alone cost microseconds).
+    if (!per_sample && factors[0] == scalar_t(1)) return;
     at::parallel_for(0, batch, std::max<int64_t>(1, kScaleGrainElements / ((num_mix + 1) * num_classes)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {

@@ -366,7 +366,7 @@ def fused_loss(
     # Rows may have any stride; classes are read contiguously (a copy only for column-strided input).
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     mix_logits = mix_logits if mix_logits.stride(1) == 1 else mix_logits.contiguous()
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(logits.dtype)
     loss, ce, rank = (torch.empty(batch, device=logits.device, dtype=acc) for _ in range(3))
     grad_rows = (num_mix + 1) * batch if need_grad else 0
     grad = torch.empty(grad_rows, num_classes, device=logits.device, dtype=logits.dtype)

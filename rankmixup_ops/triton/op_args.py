@@ -1,29 +1,31 @@
 """Argument checks of the Triton operators, as csrc/op_args.h's of the C++ ones: shapes, dtypes
 and devices, so that no launch reads or writes outside a tensor when an operator is called
 directly (``torch.ops.rankmixup_triton.*``) with arguments the public functions would have
-refused. Values (labels, partners, lam) are not read: the kernels mask those.
+refused. Values (labels, partners, lam) are not checked: the kernels mask an out-of-range label
+or partner (docs/errors.md says what each gives).
 
 A wrong shape, device or option raises ``ValueError``, a wrong dtype ``TypeError``; each message
 names the operator and the argument. They run on fake tensors too, when torch.compile traces an
-operator, so a compiled call fails the same way before anything runs.
+operator, so a compiled call fails before anything runs too (Dynamo wraps the error in a
+``RuntimeError`` that carries the message).
 
-Every call of the public API passes through them too, after its own checks: they read each
-tensor attribute once and build a message only on failure.
+Every call of the public API passes through them too, after its own checks; they build a
+message only on failure.
 """
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
+
+from .._types import accumulation_dtype
 
 _MODES, _SCORES = ("mrl", "mndcg"), ("logit", "prob")
 
 
-def _fail(error: type, op: str, name: str, wanted: str, tensor: torch.Tensor) -> None:
+def _fail(error: type, op: str, name: str, wanted: str, tensor: torch.Tensor) -> NoReturn:
     raise error(f"rankmixup_triton::{op}: {name} must be {wanted}, got {tuple(tensor.shape)} {tensor.dtype}")
-
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _int64(op: str, name: str, tensor: torch.Tensor, shape: tuple) -> None:
@@ -42,7 +44,7 @@ def _scalar(op: str, name: str, tensor: torch.Tensor | None, dtype: torch.dtype)
         _fail(ValueError, op, name, f"a {dtype} scalar", tensor)
 
 
-def _index(op: str, index: torch.Tensor) -> tuple[int, int]:
+def _index(op: str, index: torch.Tensor) -> torch.Size:
     """index int64 (K, B), non-empty; returns (K, B)."""
     if index.dtype != torch.int64:
         _fail(TypeError, op, "index", "int64 (K, B), non-empty", index)
@@ -77,7 +79,7 @@ def check_fused_loss_args(logits, mix_logits, targets, lam, index, mode, score, 
     if logits.dim() != 2 or logits.numel() == 0:
         _fail(ValueError, op, "logits", "floating (B, C), non-empty", logits)
     batch, num_classes = logits.shape
-    acc = _accumulation(dtype)
+    acc = accumulation_dtype(dtype)
     _lam(op, lam, batch, acc)
     num_mix = lam.shape[0]
     if index is not None:
@@ -105,10 +107,11 @@ def check_fused_loss_args(logits, mix_logits, targets, lam, index, mode, score, 
 
 def check_fused_loss_backward_args(grad, grad_loss) -> None:
     op = "fused_loss_backward"
+    # The scaling kernel reads and writes row r at r * C: grad is the forward's own buffer.
     if not grad.is_floating_point():
-        _fail(TypeError, op, "grad", "floating ((K+1)*B, C)", grad)
-    if grad.dim() != 2:
-        _fail(ValueError, op, "grad", "floating ((K+1)*B, C)", grad)
+        _fail(TypeError, op, "grad", "a contiguous floating ((K+1)*B, C)", grad)
+    if grad.dim() != 2 or not grad.is_contiguous():
+        _fail(ValueError, op, "grad", "a contiguous floating ((K+1)*B, C)", grad)
     # Row r is scaled by grad_loss[r % B]: B must divide the rows.
     if not grad_loss.is_floating_point():
         _fail(TypeError, op, "grad_loss", "floating (B,)", grad_loss)
@@ -144,7 +147,7 @@ def check_mix_args(op: str, data, lam, index, *, per_mix_rows: bool) -> None:
         _fail(TypeError, op, name, f"floating with {rows} rows", data)
     if data.dim() == 0 or data.shape[0] != rows:
         _fail(ValueError, op, name, f"floating with {rows} rows ({'K*B' if per_mix_rows else 'B'})", data)
-    _lam(op, lam, batch, _accumulation(data.dtype), num_mix)
+    _lam(op, lam, batch, accumulation_dtype(data.dtype), num_mix)
     _one_device(op, (name, "lam", "index"), data, lam, index)
 
 
