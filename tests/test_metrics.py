@@ -290,6 +290,8 @@ _LOGITS, _TARGETS = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
         ({"n_bins": 2.0}, TypeError, "n_bins"),
         ({"n_bins": True}, TypeError, "n_bins"),
         ({"from_probs": 1}, TypeError, "from_probs"),
+        ({"validate": "no"}, TypeError, "validate"),
+        ({"validate": None}, TypeError, "validate"),
     ],
 )
 def test_bad_arguments(kwargs, error, argument):
@@ -346,6 +348,50 @@ def test_meter_merge_and_state_dict():
         restored.merge(CalibrationMeter(n_bins=6))
     with pytest.raises(ValueError, match="CalibrationMeter.load_state_dict: state does not fit"):
         CalibrationMeter(n_bins=5, num_classes=4).load_state_dict(first.state_dict())
+
+
+def test_results_and_state_hold_no_autograd_graph():
+    """Logits straight from a model require grad: a meter kept every batch's graph alive (its
+    sums chained them), and the one-shot results carried a grad_fn."""
+    logits, targets = random_batch(10, 64, 5)
+    logits.requires_grad_()
+    assert not any(value.requires_grad for value in calibration_errors(logits * 2, targets).values())
+    meter = CalibrationMeter()
+    for batch in _batches(logits * 2, targets, [32, 32]):
+        meter.update(*batch)
+    assert not any(value.requires_grad for value in meter.state_dict().values())
+    assert not any(value.requires_grad for value in meter.compute().values())
+
+
+def test_meter_state_dict_is_a_consistent_snapshot():
+    """Its sums and its pairs describe the same samples, whatever the meter does afterwards
+    (the sums were live and the pairs a snapshot: a later update broke the pair)."""
+    logits, targets = random_batch(11, 100, 4)
+    meter = CalibrationMeter()
+    meter.update(logits[:50], targets[:50])
+    state = meter.state_dict()
+    meter.update(logits[50:], targets[50:])
+    assert state["top_label"][0].sum() == state["pairs"].shape[1] == 50
+    restored = CalibrationMeter()
+    restored.load_state_dict(state)
+    assert_same_errors(restored.compute(), calibration_errors(logits[:50], targets[:50]))
+
+
+def test_meter_failed_load_keeps_its_state():
+    logits, targets = random_batch(12, 40, 3)
+    meter = CalibrationMeter()
+    meter.update(logits, targets)
+    want = meter.compute()
+    bad_states = [
+        ({"nll": torch.zeros(())}, ValueError, "state must hold"),
+        ([("nll", torch.zeros(()))], TypeError, "state must be a dict"),
+        ({**meter.state_dict(), "nll": 0.0}, TypeError, r"state\['nll'\] must be a tensor"),
+        ({**meter.state_dict(), "top_label": torch.zeros(3, 4)}, ValueError, "state does not fit"),
+    ]
+    for state, error, message in bad_states:
+        with pytest.raises(error, match=f"CalibrationMeter.load_state_dict: {message}"):
+            meter.load_state_dict(state)
+        assert_same_errors(meter.compute(), want)
 
 
 def test_meter_reset_and_all_reduce_without_process_group():

@@ -97,6 +97,31 @@ def test_scaler_fits_applies_and_saves():
     assert "temperature=" in repr(scaler)
 
 
+def test_logits_equal_across_classes_fit_one():
+    """Rows of equal logits have the same NLL at every T: 1 (no change), not the range's end
+    the search walked to (0.01, the most confident) through the slope's rounding."""
+    targets = torch.tensor([0, 2, 1, 1])
+    for value in (0.0, 1.7, -5.1, 123.456):
+        for dtype in (torch.float32, torch.float64):
+            assert fit_temperature(torch.full((4, 3), value, dtype=dtype), targets).item() == 1.0
+
+
+def test_a_common_offset_changes_nothing():
+    """softmax is shift-invariant, and so is the fit: the slope is taken over logits relative to
+    the target's, not as a difference of two large sums."""
+    logits, targets = _logits(300, 10, 1.0, seed=5)
+    logits = logits.float()
+    assert fit_temperature(logits + 1000, targets).item() == pytest.approx(fit_temperature(logits, targets).item(),
+                                                                            rel=1e-4)
+
+
+def test_scaler_keeps_its_buffer_dtype():
+    logits, targets = _logits(100, 5, 3.0, seed=6)
+    assert TemperatureScaler().fit(logits, targets).temperature.dtype == torch.float32
+    fitted = TemperatureScaler().double().fit(logits, targets).temperature
+    assert fitted.dtype == torch.float64 and fitted.item() == fit_temperature(logits, targets).item()
+
+
 def test_bad_input_names_the_argument():
     logits, targets = _logits(8, 4, 1.0, seed=4)
     cases = [
@@ -110,6 +135,9 @@ def test_bad_input_names_the_argument():
         ((logits, targets.to("meta")), ValueError, "targets is on meta"),
         ((torch.where(torch.arange(4) == targets[:, None], -torch.inf, logits), targets), ValueError, "-inf at"),
         ((logits.index_fill(1, torch.tensor([0]), float("nan")), targets), ValueError, "hold a NaN"),
+        # +inf anywhere: the NLL is infinite or NaN at every temperature (the fit ignored the
+        # row at a non-target class and ran to the smallest T at the target).
+        ((logits.index_fill(1, torch.tensor([0]), math.inf), targets), ValueError, r"or \+inf"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):

@@ -120,7 +120,10 @@ def _batch_statistics(
     """One vectorised pass over a checked batch, with no host sync.
 
     Returns the batch's additive sums and its ``(2, N)`` float64 (confidence, correct) pairs.
+    Metrics are measurements, not losses: the logits are detached, so neither a result nor a
+    meter's state holds (and keeps alive, batch after batch) the model's autograd graph.
     """
+    logits = logits.detach()
     num_classes = logits.shape[1]
     probs, nll = _probabilities(logits, targets, from_probs)
     confidence = probs.amax(dim=1)
@@ -223,6 +226,7 @@ def calibration_errors(
     fn = "calibration_errors"
     n_bins = check.integral(fn, "n_bins", n_bins, low=1)
     from_probs = check.flag(fn, "from_probs", from_probs)
+    validate = check.flag(fn, "validate", validate)
     targets = _check_batch(fn, logits, targets, from_probs=from_probs, validate=validate)
     sums, pairs = _batch_statistics(logits, targets, n_bins, from_probs)
     return _errors(sums, pairs, n_bins)
@@ -302,22 +306,26 @@ class CalibrationMeter:
         return _errors(self._sums, self._all_pairs(), self.n_bins)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The accumulated statistics (``{}`` before the first batch), e.g. to checkpoint.
-
-        Like ``nn.Module.state_dict``, the tensors are the live state: later updates change
-        them, so save or clone them right away.
-        """
+        """The accumulated statistics (``{}`` before the first batch), e.g. to checkpoint: a
+        snapshot (copies, ``O(C * n_bins)`` plus the kept pairs), which later updates leave as it
+        was, so that its sums and its pairs always describe the same samples."""
         if self._sums is None:
             return {}
-        state = self._sums._asdict()
+        state = {name: total.clone() for name, total in self._sums._asdict().items()}
         if self.keep_confidences:
-            state["pairs"] = self._all_pairs()
+            state["pairs"] = self._all_pairs().clone()
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Replace the statistics with a :meth:`state_dict` of a meter configured alike."""
+        """Replace the statistics with a :meth:`state_dict` of a meter configured alike. A state
+        that does not fit raises and leaves the meter as it was."""
+        kept = self._sums, self._pairs, self._reduced
         self.reset()
-        self._add_state("CalibrationMeter.load_state_dict", state)
+        try:
+            self._add_state("CalibrationMeter.load_state_dict", state)
+        except BaseException:
+            self._sums, self._pairs, self._reduced = kept
+            raise
 
     def merge(self, other: CalibrationMeter) -> CalibrationMeter:
         """Add ``other``'s samples (after this meter's); returns ``self``."""
@@ -369,8 +377,13 @@ class CalibrationMeter:
 
     def _add_state(self, fn: str, state: dict[str, torch.Tensor]) -> None:
         """Adds a :meth:`state_dict` after checking that it fits this meter."""
+        if not isinstance(state, dict):
+            raise TypeError(f"{fn}: state must be a dict (a CalibrationMeter.state_dict()), got {type(state).__name__}")
         if not state:
             return
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{fn}: state[{name!r}] must be a tensor, got {type(value).__name__}")
         expected = set(_Sums._fields) | ({"pairs"} if self.keep_confidences else set())
         if not expected <= state.keys():
             raise ValueError(f"{fn}: state must hold {sorted(expected)}, got {sorted(state)}")

@@ -47,11 +47,15 @@ def _check_logits_targets(fn: str, logits, targets) -> torch.Tensor:
 
 
 def _nll_slope(z: torch.Tensor, z_target: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """d NLL / d beta at ``beta``: the mean over samples of E_p[z] - z_target, summed in float64."""
+    """d NLL / d beta at ``beta``: the mean over samples of E_p[z - z_target], in float64.
+
+    Taken over the logits relative to the target's rather than as E_p[z] - z_target: no
+    cancellation between two large numbers, and a row whose logits are all equal adds exactly 0.
+    """
     p = torch.softmax(z * beta, dim=1)
-    # A class of logit -inf (masked) has p = 0 and adds nothing to E_p[z] (0 * -inf would be NaN).
-    expected = torch.where(p > 0, p * z, 0.0).sum(dim=1)
-    return (expected - z_target).double().mean()
+    # A class of logit -inf (masked) has p = 0 and adds nothing (0 * -inf would be NaN).
+    expected = torch.where(p > 0, p * (z - z_target.unsqueeze(1)), 0.0).sum(dim=1)
+    return expected.double().mean()
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -71,20 +75,28 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     targets = _check_logits_targets(fn, logits, targets)
     z = logits.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     z_target = z.gather(1, targets.unsqueeze(1)).squeeze(1)
-    # Either would make every slope NaN or infinite, and the bisection end at a bound, silently.
-    if bool(z.isnan().any() | (z_target == -torch.inf).any()):
-        raise ValueError(f"{fn}: logits hold a NaN, or -inf at a sample's target class: no temperature fits them")
+    # Any of these would make slopes NaN or infinite, and the bisection end at a bound, silently.
+    # (-inf elsewhere is a masked class, which softmax handles at every temperature.)
+    if bool((z.isnan() | (z == torch.inf)).any() | (z_target == -torch.inf).any()):
+        raise ValueError(f"{fn}: logits hold a NaN or +inf, or -inf at a sample's target class: "
+                         "no temperature fits them")
     # Bisection in log(beta) over [1/T_max, 1/T_min], on the device: the slope's sign says on
     # which side of beta the minimiser lies (slope > 0: beta too large, T too small).
     t_min, t_max = TEMPERATURE_RANGE
     low = torch.tensor(-math.log(t_max), dtype=torch.float64, device=z.device)
     high = torch.tensor(-math.log(t_min), dtype=torch.float64, device=z.device)
+    beta_range = (low.exp().to(z.dtype), high.exp().to(z.dtype))
     for _ in range(_BISECTION_STEPS):
         middle = (low + high) / 2
         too_large = _nll_slope(z, z_target, middle.exp().to(z.dtype)) > 0
         high = torch.where(too_large, middle, high)
         low = torch.where(too_large, low, middle)
-    return torch.exp(-(low + high) / 2).to(z.dtype)
+    fitted = torch.exp(-(low + high) / 2)
+    # The slope grows with beta: zero at both ends, it is zero throughout, and so is the NLL
+    # flat in T (every sample's logits equal across its classes). Any T fits; 1 changes nothing,
+    # where the search would have walked to its smallest, the most confident.
+    flat = (_nll_slope(z, z_target, beta_range[0]) == 0) & (_nll_slope(z, z_target, beta_range[1]) == 0)
+    return torch.where(flat, 1.0, fitted).to(z.dtype)
 
 
 class TemperatureScaler(nn.Module):
@@ -110,7 +122,8 @@ class TemperatureScaler(nn.Module):
     def fit(self, logits: torch.Tensor, targets: torch.Tensor) -> TemperatureScaler:
         """Sets ``temperature`` to :func:`fit_temperature` of these held-out logits; returns self."""
         fitted = fit_temperature(logits, targets)
-        self.temperature = fitted.to(self.temperature.device, torch.float32)
+        # In the buffer's dtype: float32 unless the module was converted (.double()).
+        self.temperature = fitted.to(self.temperature.device, self.temperature.dtype)
         return self
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
