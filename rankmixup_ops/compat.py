@@ -45,6 +45,9 @@ class _RankMixupCompat(nn.Module):
     alpha = property(lambda self: self.options.alpha)
     margin = property(lambda self: self.options.margin)
     ignore_index = property(lambda self: self.options.ignore_index)
+    # What forward returns, as the reference code names it: its trainer logs one meter per name
+    # when the loss has them, and the total alone when it does not.
+    names = property(lambda self: ("loss", "loss_ce", "loss_mixup"))
 
     def forward(self, inputs, targets, mixup, target_re, lam):
         """``inputs`` ``(B, C)`` raw logits, ``targets`` ``(B,)``, ``mixup`` ``(K*B, C)`` mixed

@@ -63,11 +63,28 @@ def _sampling_device(fn: str, device, generator) -> torch.device:
 
 
 def _beta(alpha: float, shape: tuple[int, ...], device: torch.device, generator) -> torch.Tensor:
-    """float32 ``Beta(alpha, alpha)`` draws of ``shape``, ``alpha > 0``."""
-    # A Dirichlet over two components is Beta(alpha, alpha) in its first; unlike
-    # torch.distributions.Beta, _sample_dirichlet takes a generator.
-    concentration = torch.full((*shape, 2), alpha, device=device)
-    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+    """float32 ``Beta(alpha, alpha)`` draws of ``shape``, ``alpha > 0``.
+
+    ``G1 / (G1 + G2)`` for ``G ~ Gamma(alpha)``, from the logarithms of the Gammas:
+    ``log G = log Gamma(alpha + 1) + log(U) / alpha`` (Marsaglia and Tsang's boost for alpha < 1).
+    Drawn directly, G underflows for small alpha (float32's below 1e-38 about as often as
+    ``U < 1e-38 ** alpha``: a quarter of the pairs at alpha = 1e-3), and both underflowing gave
+    lam = 1/2 exactly where Beta puts its mass near 0 and 1; the log-ratio never does.
+    """
+    draws = (2, *shape)
+    boosted = torch._standard_gamma(torch.full(draws, alpha + 1.0, dtype=torch.float64, device=device),
+                                    generator=generator)
+    # 1 - U lies in (0, 1]: its log is finite.
+    uniform = 1 - torch.rand(draws, dtype=torch.float64, device=device, generator=generator)
+    log_gamma = boosted.log() + uniform.log() / alpha
+    return torch.sigmoid(log_gamma[0] - log_gamma[1]).float()
+
+
+def _copies(x: torch.Tensor, num_mix: int) -> torch.Tensor:
+    """``num_mix`` copies of ``x`` ``(B, *feat)`` as ``(K*B, *feat)``, mix-major: the mixes not
+    applied, exactly (mix with coefficient 1 turns a value NaN wherever the partner's is not
+    finite, 0 * inf)."""
+    return x.unsqueeze(0).expand(num_mix, *x.shape).reshape(num_mix * x.shape[0], *x.shape[1:])
 
 
 def _permutations(num_mix: int, batch_size: int, device: torch.device, generator) -> torch.Tensor:
@@ -147,6 +164,8 @@ def mixup(
     switch_prob = check.real(fn, "switch_prob", switch_prob, low=0.0, high=1.0)
     lam, index = sample_mixup(x.shape[0], num_mix, alpha, per_sample=per_sample, device=x.device, generator=generator)
     with_cutmix = cutmix_alpha > 0 or cutmix_minmax is not None
+    if not with_cutmix and alpha <= 0:  # mixing off: every mix is x itself
+        return MixupBatch(_copies(x, num_mix), lam, index)
     if not with_cutmix and prob == 1.0:  # the paper's setting: no further draw
         return MixupBatch(mix(x, lam, index, backend=backend), lam, index)
 
@@ -154,13 +173,10 @@ def mixup(
     applied = _coins(prob, draws, x.device, generator)
     if not with_cutmix:
         lam = torch.where(applied, lam, 1.0)
-        # A mix not applied is x itself, exactly: mix with coefficient 1 would turn a value NaN
-        # wherever the partner's is not finite (0 * inf).
         kept = ~applied.expand(index.shape).reshape(-1, *([1] * (x.dim() - 1)))
-        own = x.unsqueeze(0).expand(num_mix, *x.shape).reshape(num_mix * x.shape[0], *x.shape[1:])
-        return MixupBatch(torch.where(kept, own, mix(x, lam, index, backend=backend)), lam, index)
+        return MixupBatch(torch.where(kept, _copies(x, num_mix), mix(x, lam, index, backend=backend)), lam, index)
 
-    _check_images(fn, x)
+    _check_images(fn, x, to_cut=True)
     height, width = x.shape[2:]
     boxes, cut_lam = _cutmix_boxes(height, width, draws, cutmix_alpha, cutmix_minmax, x.device, generator)
     with_mixup = alpha > 0 and switch_prob < 1
@@ -369,7 +385,7 @@ def cutmix(
     ``x[b]`` in each mix, which the loss takes as mixup's ``lam``.
     """
     fn = "cutmix"
-    _check_images(fn, x)
+    _check_images(fn, x, to_cut=True)
     # Checked here too, so that a bad one is named as an argument of this function.
     num_mix = check.integral(fn, "num_mix", num_mix, low=1)
     alpha = _cutmix_alpha(fn, alpha)
@@ -389,6 +405,11 @@ def _cutmix_alpha(fn: str, alpha) -> float:
     return alpha
 
 
-def _check_images(fn: str, x) -> None:
+def _check_images(fn: str, x, *, to_cut: bool = False) -> None:
+    """``x`` floating ``(B, C, H, W)``, B >= 1; ``to_cut``: boxes will be drawn in it, each
+    around one of its pixels, so H, W >= 1 too (pasting boxes into empty images is fine)."""
     check.floating(fn, "x", x)
+    if to_cut:
+        check.shape(fn, "x", x, "(B, C, H, W) with B, H, W >= 1",
+                    x.dim() == 4 and x.shape[0] >= 1 and x.shape[2] >= 1 and x.shape[3] >= 1)
     check.shape(fn, "x", x, "(B, C, H, W) with B >= 1", x.dim() == 4 and x.shape[0] >= 1)

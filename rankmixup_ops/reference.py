@@ -35,7 +35,8 @@ def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     lam = lam.to(acc).reshape(num_mix, batch, *([1] * (x.dim() - 1)))
     xa = x.to(acc)
     mixed = lam * xa.unsqueeze(0) + (1 - lam) * xa[index]
-    return mixed.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype)
+    # Contiguous whatever x's layout, as the fused backends return it.
+    return mixed.reshape(num_mix * batch, *x.shape[1:]).to(x.dtype).contiguous()
 
 
 def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,13 @@ def test_constructor_defaults_match_reference_code():
     assert (mndcg.num_classes, mndcg.alpha, mndcg.ignore_index) == (10, 0.1, -100)
 
 
+def test_names_of_the_returned_terms_match_reference_code():
+    """The reference trainer logs one meter per name when the loss class has `names`, and the
+    total alone when it has none."""
+    for criterion in (RankMixup_MRL(), RankMixup_MNDCG()):
+        assert criterion.names == ("loss", "loss_ce", "loss_mixup")
+
+
 class _ReferenceCodeMNDCG(torch.nn.Module):
     """The public code's RankMixup_MNDCG class, on its re-derived formulas."""
 

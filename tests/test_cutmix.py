@@ -22,6 +22,7 @@ import rankmixup_ops as rmx
 from rankmixup_ops import reference
 from rankmixup_ops._types import image_memory_format
 from rankmixup_ops.backends import BACKENDS
+from rankmixup_ops.mixup import _beta
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -267,7 +268,7 @@ def test_sample_cutmix_is_cutmix_rand_bbox():
     height, width, batch, num_mix, alpha = 9, 14, 6, 2, 0.8
     boxes, _, index = rmx.sample_cutmix(height, width, batch, num_mix, alpha, per_sample=True, generator=_gen(21))
     g = _gen(21)
-    lam0 = torch._sample_dirichlet(torch.full((num_mix, batch, 2), alpha), generator=g)[..., 0]
+    lam0 = _beta(alpha, (num_mix, batch), torch.device("cpu"), g)  # the sampler's own Beta draws
     rows = torch.randint(height, (num_mix, batch), generator=g)
     cols = torch.randint(width, (num_mix, batch), generator=g)
     keys = torch.rand(num_mix, batch, dtype=torch.float64, generator=g)
@@ -359,6 +360,9 @@ def test_bad_input_same_error_on_every_backend(case, backend):
     "call,error,message",
     [
         (lambda: rmx.sample_cutmix(0, 4, 2, 1, 1.0), ValueError, "sample_cutmix: height must be >= 1"),
+        # Images with no pixel to draw a box around: named as x of the function called.
+        (lambda: rmx.cutmix(torch.randn(2, 1, 0, 4)), ValueError, r"cutmix: x must have shape \(B, C, H, W\) with B, H"),
+        (lambda: rmx.mixup(torch.randn(2, 1, 4, 0), cutmix_alpha=1.0), ValueError, "mixup: x must have shape"),
         (lambda: rmx.sample_cutmix(4, 2.0, 2, 1, 1.0), TypeError, "sample_cutmix: width must be an int"),
         (lambda: rmx.sample_cutmix(4, 4, 0, 1, 1.0), ValueError, "sample_cutmix: batch_size must be >= 1"),
         (lambda: rmx.sample_cutmix(4, 4, 2, 1, -1.0), ValueError, "sample_cutmix: alpha must be > 0"),

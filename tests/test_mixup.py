@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -52,6 +54,27 @@ def test_lam_follows_beta_distribution():
     assert lam.var().item() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.03)
 
 
+@pytest.mark.parametrize("alpha", [1e-3, 1e-4])
+def test_small_alpha_puts_lam_near_0_and_1(alpha):
+    """Beta(a, a) for small a is nearly a fair coin between 0 and 1 (the mass inside [0.01, 0.99]
+    is about 2 a ln 99, under 0.01 here). Gamma draws underflowing to 0 in pairs gave lam = 1/2
+    exactly: a quarter of the draws at a = 1e-3, most at 1e-4."""
+    lam, _ = rmx.sample_mixup(1, 4000, alpha, generator=torch.Generator().manual_seed(4))
+    assert not bool((lam == 0.5).any())
+    assert ((lam > 0.01) & (lam < 0.99)).double().mean().item() < 0.03
+    assert (lam < 0.5).double().mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_mixing_off_gives_copies_of_x_exactly():
+    """alpha <= 0 turns mixing off: every mix is x itself, not a mix with coefficient 1, which
+    turned a row NaN wherever its partner held an inf (0 * inf)."""
+    x = torch.randn(4, 3)
+    x[0, 0] = math.inf
+    batch = rmx.mixup(x, 2, alpha=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.inputs, x.repeat(2, 1))
+    assert torch.equal(batch.lam, torch.ones(2, 4))
+
+
 def test_permutations_are_uniform_per_position():
     """Each position of a uniform permutation of 4 takes each value with probability 1/4."""
     _, index = rmx.sample_mixup(4, 20000, 1.0, generator=torch.Generator().manual_seed(3))
@@ -92,6 +115,15 @@ def test_mix_layout_and_lam_forms(feat):
         for b in range(batch):
             expected = lam[k, b] * x[b] + (1 - lam[k, b]) * x[index[k, b]]
             torch.testing.assert_close(out[k * batch + b], expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_mix_of_channels_last_images_is_contiguous_on_every_backend(backend):
+    x = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    lam, index = rmx.sample_mixup(4, 2, 1.0, generator=torch.Generator().manual_seed(6))
+    out = rmx.mix(x, lam, index, backend=backend)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, rmx.mix(x.contiguous(), lam, index, backend="reference"))
 
 
 def test_mix_non_contiguous_input_and_low_precision():
