@@ -522,6 +522,10 @@ def test_reliability_diagram_bad_arguments():
         reliability_diagram(meter, n_bins=15)
     with pytest.raises(TypeError, match="reliability_diagram: targets"):
         reliability_diagram(torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="reliability_diagram: path"):  # was matplotlib's AttributeError
+        reliability_diagram(meter, path=3)
+    with pytest.raises(TypeError, match="reliability_diagram: title"):
+        reliability_diagram(meter, title=["epoch", 1])
 
 
 def test_import_does_not_need_matplotlib():

@@ -495,6 +495,10 @@ def reliability_diagram(
         and ``accuracy`` ``(n_bins,)`` float64 (NaN for empty bins), and ``ece`` (a float).
     """
     fn = "reliability_diagram"
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or os.PathLike (where to write the PNG), got {type(path).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"{fn}: title must be a str or None, got {type(title).__name__}")
     if isinstance(logits_or_meter, CalibrationMeter):
         meter = logits_or_meter
         if targets is not None or from_probs:

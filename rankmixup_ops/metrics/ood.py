@@ -85,7 +85,7 @@ def ood_metrics(id_logits: torch.Tensor, ood_logits: torch.Tensor, *, score: str
 
     id_score, ood_score = _score(id_logits.detach(), score), _score(ood_logits.detach(), score)
     if bool(id_score.isnan().any() | ood_score.isnan().any()):  # it would rank as a threshold of its own
-        raise ValueError(f"{fn}: the {score} score is NaN for some input (NaN logits?)")
+        raise ValueError(f"{fn}: the {score} score is NaN for some input (a NaN logit, or +inf in msp's softmax)")
     true_pos, false_pos = _curve(id_score, ood_score)
     tpr = true_pos / id_score.numel()
     fpr = false_pos / ood_score.numel()
