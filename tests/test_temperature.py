@@ -122,6 +122,18 @@ def test_scaler_keeps_its_buffer_dtype():
     assert fitted.dtype == torch.float64 and fitted.item() == fit_temperature(logits, targets).item()
 
 
+def test_loading_a_temperature_that_is_not_positive_raises():
+    scaler = TemperatureScaler(2.0)
+    for bad in (torch.tensor(-3.0), torch.tensor(0.0), torch.tensor(math.nan), torch.ones(2)):
+        with pytest.raises(RuntimeError, match="TemperatureScaler: temperature must be one positive finite number"):
+            scaler.load_state_dict({"temperature": bad})
+        assert scaler.temperature.item() == 2.0
+    # Inside a model, as load_state_dict reaches it there.
+    model = torch.nn.Sequential(torch.nn.Identity(), TemperatureScaler())
+    with pytest.raises(RuntimeError, match="TemperatureScaler: temperature"):
+        model.load_state_dict({"1.temperature": torch.tensor(-1.0)})
+
+
 def test_bad_input_names_the_argument():
     logits, targets = _logits(8, 4, 1.0, seed=4)
     cases = [

@@ -126,6 +126,18 @@ class TemperatureScaler(nn.Module):
         self.temperature = fitted.to(self.temperature.device, self.temperature.dtype)
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # As the constructor refuses them: a loaded temperature that is not one positive finite
+        # number is reported the way load_state_dict reports its errors, and not loaded.
+        value = state_dict.get(prefix + "temperature")
+        if isinstance(value, torch.Tensor) and value.device.type != "meta":
+            if value.numel() != 1 or not bool((value > 0) & value.isfinite()):
+                error_msgs.append(f"TemperatureScaler: temperature must be one positive finite number, got {value}")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         check.floating("TemperatureScaler", "logits", logits)
         return logits / self.temperature.to(logits.device, logits.dtype)
