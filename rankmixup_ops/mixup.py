@@ -409,7 +409,8 @@ def _check_images(fn: str, x, *, to_cut: bool = False) -> None:
     """``x`` floating ``(B, C, H, W)``, B >= 1; ``to_cut``: boxes will be drawn in it, each
     around one of its pixels, so H, W >= 1 too (pasting boxes into empty images is fine)."""
     check.floating(fn, "x", x)
+    images = x.dim() == 4 and x.shape[0] >= 1
     if to_cut:
-        check.shape(fn, "x", x, "(B, C, H, W) with B, H, W >= 1",
-                    x.dim() == 4 and x.shape[0] >= 1 and x.shape[2] >= 1 and x.shape[3] >= 1)
-    check.shape(fn, "x", x, "(B, C, H, W) with B >= 1", x.dim() == 4 and x.shape[0] >= 1)
+        check.shape(fn, "x", x, "(B, C, H, W) with B, H, W >= 1", images and x.shape[2] >= 1 and x.shape[3] >= 1)
+    else:
+        check.shape(fn, "x", x, "(B, C, H, W) with B >= 1", images)
