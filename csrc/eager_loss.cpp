@@ -8,14 +8,15 @@
 // take only calls that the Python checks pass unchanged (plain tensors of the dtypes, shapes and
 // devices those accept, nothing to convert but a (K,) lam or a (K, B, C) mix_logits), and answer
 // None to every other call, which then takes the checked Python path, whose messages name the
-// argument at fault. The options arrive checked (functional.loss_options), and the callers decide
-// whether values are to be validated (which only the Python path does).
+// argument at fault. The options arrive checked (functional.loss_options); a call whose values are
+// to be validated is not taken either (only the Python path reads values).
 #include "eager_loss.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -74,14 +75,33 @@ py::tuple as_python(const LossParts& parts) {
   return py::make_tuple(std::get<0>(parts), std::get<1>(parts), std::get<2>(parts));
 }
 
+// `parts` as an instance of the tuple subclass `result_type` (a NamedTuple), made as
+// tuple.__new__(result_type, parts) makes it: without the Python frame of the NamedTuple's own
+// __new__, which costs a call at the paper's shapes more than the rest of this file.
+py::object as_instance(py::handle result_type, const LossParts& parts) {
+  const py::tuple args = py::make_tuple(as_python(parts));
+  PyObject* instance = PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(result_type.ptr()), args.ptr(), nullptr);
+  if (!instance) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(instance);
+}
+
+// check.validation_requested (rankmixup_ops/_checks.py): validate=True, or RANKMIXUP_VALIDATE set
+// to anything but "" or "0". os.environ writes through to the C environment, so getenv sees
+// what the Python path would read, for a fraction of os.environ.get's cost.
+bool validation_requested(py::handle validate) {
+  if (validate.ptr() != Py_False) return true;  // True, or not a bool: the checked path says which
+  const char* value = std::getenv("RANKMIXUP_VALIDATE");
+  return value && *value && std::string_view(value) != "0";
+}
+
 }  // namespace
 
-py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::handle mix_logits_object,
-                      py::handle targets_object, py::handle lam_object, py::handle index_object,
-                      const py::tuple& options) {
+py::object eager_loss(py::handle result_type, bool on_cpu, bool on_cuda, py::handle logits_object,
+                      py::handle mix_logits_object, py::handle targets_object, py::handle lam_object,
+                      py::handle index_object, const py::tuple& options, py::handle validate) {
   const py::object not_taken = py::none();
   const Tensor* logits = plain_tensor(logits_object);
-  if (!served(logits, on_cpu, on_cuda)) return not_taken;
+  if (validation_requested(validate) || !served(logits, on_cpu, on_cuda)) return not_taken;
   const py::handle class_weights_object = options[kClassWeightsField];
   const Tensor* mix_logits = plain_tensor(mix_logits_object);
   const Tensor* targets = plain_tensor(targets_object);
@@ -118,7 +138,7 @@ py::object eager_loss(bool on_cpu, bool on_cuda, py::handle logits_object, py::h
   }
 
   const LossOptions parsed = scalar_options(options);
-  return as_python(as_python_call([&] {
+  return as_instance(result_type, as_python_call([&] {
     // lam is sampled data, and class weights are data: neither is differentiated (SPEC §6).
     Tensor pairing_lam = lam->requires_grad() ? lam->detach() : *lam;
     if (lam_per_mix) pairing_lam = pairing_lam.unsqueeze(1).expand({num_mix, batch});

@@ -189,10 +189,11 @@ def _pick(fn: str, backend: str, device: torch.device) -> str:
 class EagerFrontEnd(NamedTuple):
     """The native front ends of the loss (csrc/eager_loss.h) for calls naming one backend, bound
     to the device types on which those calls run a backend that has them. Each takes a call's
-    arguments as given (and the checked LossOptions) and returns ``(loss, ce, rank)``, or None
-    for a call it does not take whole, which the checked Python path then takes."""
+    arguments as given (and the checked LossOptions) and returns ``(loss, ce, rank)`` (``loss`` a
+    LossOutput), or None for a call it does not take whole, which the checked Python path then
+    takes."""
 
-    loss: Callable  # functional.loss_call's: (logits, mix_logits, targets, lam, index, options)
+    loss: Callable  # functional.loss_call's: (logits, mix_logits, targets, lam, index, options, validate)
     compat_loss: Callable  # the drop-in classes': (inputs, targets, mixup, target_re, lam, num_classes, options)
 
 
@@ -202,8 +203,9 @@ _EAGER: dict[str, EagerFrontEnd | None] = {}
 
 def eager_front_end(backend) -> EagerFrontEnd | None:
     """The native front ends for calls naming ``backend``, or None where those calls run no
-    backend that has them (an unknown name included: the checked path refuses it)."""
-    if type(backend) is not str:
+    backend that has them (an unknown name included: the checked path refuses it), and under
+    torch.compile, which traces the checked path instead."""
+    if type(backend) is not str or torch.compiler.is_compiling():
         return None
     if backend not in _EAGER:
         _EAGER[backend] = _bind_eager(backend)
@@ -224,5 +226,5 @@ def _bind_eager(backend: str) -> EagerFrontEnd | None:
     if native is None:
         return None
     flags = (serves["cpu"], serves["cuda"])
-    return EagerFrontEnd(functools.partial(native.eager_loss, *flags),
+    return EagerFrontEnd(functools.partial(native.eager_loss, LossOutput, *flags),
                          functools.partial(native.eager_compat_loss, *flags))

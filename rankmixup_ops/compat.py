@@ -54,12 +54,11 @@ class _RankMixupCompat(nn.Module):
         logits, ``target_re`` ``(K*B, C)`` their soft targets, ``lam`` the K mixing
         coefficients (only their count is used, as in the reference code)."""
         # The common eager call in one native call (csrc/eager_loss.cpp), as in functional.loss_call.
-        if not torch.compiler.is_compiling():
-            native = eager_front_end("auto")
-            if native is not None:
-                out = native.compat_loss(inputs, targets, mixup, target_re, lam, self.num_classes, self.options)
-                if out is not None:
-                    return out
+        native = eager_front_end("auto")
+        if native is not None:
+            out = native.compat_loss(inputs, targets, mixup, target_re, lam, self.num_classes, self.options)
+            if out is not None:
+                return out
         fn = self._forward_name
         classes = self.num_classes
         check.floating(fn, "inputs", inputs)

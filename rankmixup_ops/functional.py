@@ -170,17 +170,16 @@ def class_weight(fn: str, weight: torch.Tensor, logits: torch.Tensor) -> torch.T
 def loss_call(fn: str, logits, mix_logits, targets, lam, index, options: LossOptions, validate, backend) -> LossOutput:
     """Checks the tensors, then runs the backend with ``options`` (checked by the caller, once:
     the modules check theirs at construction)."""
-    validate = check.validation_requested(check.flag(fn, "validate", validate))
     # The common eager call in one native call (csrc/eager_loss.cpp) where the backend has that
     # front end: the checks below and the loss (whose kernel derives the relevance), without
-    # their Python cost. It answers None to a call it does not take whole, and the checked path
-    # below takes it.
-    if not validate and not torch.compiler.is_compiling():
-        native = eager_front_end(backend)
-        if native is not None:
-            out = native.loss(logits, mix_logits, targets, lam, index, options)
-            if out is not None:
-                return LossOutput(*out)
+    # their Python cost. It answers None to a call it does not take whole (one to validate
+    # included), and the checked path below takes it.
+    native = eager_front_end(backend)
+    if native is not None:
+        out = native.loss(logits, mix_logits, targets, lam, index, options, validate)
+        if out is not None:
+            return out
+    validate = check.validation_requested(check.flag(fn, "validate", validate))
     logits, mix_logits, targets, lam, index = check_loss_inputs(fn, logits, mix_logits, targets, lam, index)
     if options.weight is not None:
         options = options._replace(weight=class_weight(fn, options.weight, logits))

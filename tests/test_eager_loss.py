@@ -15,6 +15,7 @@ from backend_cases import SEED, gen
 
 import rankmixup_ops as rmx
 from rankmixup_ops import backends, compat, functional
+from rankmixup_ops._types import LossOutput
 
 try:
     from rankmixup_ops import compiled
@@ -42,8 +43,8 @@ def call(batch=6, num_mix=3, classes=7, *, dtype=torch.float32, device="cpu", se
     return [logits.requires_grad_(), mix_logits.requires_grad_(), targets, lam, index]
 
 
-def eager(args, options=OPTIONS, *, device="cpu"):
-    return compiled._C.eager_loss(device == "cpu", device == "cuda", *args, options)
+def eager(args, options=OPTIONS, *, device="cpu", validate=False):
+    return compiled._C.eager_loss(LossOutput, device == "cpu", device == "cuda", *args, options, validate)
 
 
 def checked(args, options=OPTIONS, *, device="cpu"):
@@ -75,7 +76,7 @@ VARIANTS = {
 def test_takes_the_common_calls_and_equals_the_checked_path(device, variant, dtype):
     args, options = VARIANTS[variant](call(dtype=dtype, device=device, seed=1), device)
     out = eager(args, options, device=device)
-    assert out is not None, f"{variant}: the front end did not take a common call"
+    assert type(out) is LossOutput, f"{variant}: the front end did not take a common call"
     expected = checked(args, options, device=device)
     for got, want in zip(outputs_and_grads(out, args), outputs_and_grads(expected, args)):
         assert got.dtype == want.dtype and torch.equal(got, want), f"{variant} (seed {SEED})"
@@ -143,7 +144,7 @@ def test_leaves_every_other_call_to_the_checked_path(device, mutation):
 
 def test_leaves_other_devices_and_backends_alone(device):
     args = call(device=device, seed=3)
-    assert compiled._C.eager_loss(device != "cpu", device != "cuda", *args, OPTIONS) is None
+    assert compiled._C.eager_loss(LossOutput, device != "cpu", device != "cuda", *args, OPTIONS, False) is None
     if device == "cuda":  # a tensor on another device than the logits
         assert eager([args[0], args[1].cpu(), *args[2:]], device=device) is None
     assert backends.eager_front_end("reference") is None
@@ -160,13 +161,16 @@ def test_leaves_validation_and_function_modes_to_the_checked_path(monkeypatch):
     with torch.inference_mode():  # no autograd: taken, and equal to the checked path
         for got, want in zip(eager(args), checked(args)):
             assert torch.equal(got, want)
-    # Validation is the callers' to decide (it reads os.environ, as the checked path does).
+    # Validation, asked for or not a bool (which the checked path refuses), is not taken; nor
+    # is a call under RANKMIXUP_VALIDATE, read as the checked path reads it.
+    for validate in (True, None, 0, "no"):
+        assert eager(args, validate=validate) is None, validate
     taken = []
     _spied(monkeypatch, "cpu", taken)
     for value, takes in (("1", False), ("yes", False), ("0", True), ("", True)):
         monkeypatch.setenv("RANKMIXUP_VALIDATE", value)
         rmx.rankmixup_loss(*args, backend="cpu")
-        assert len(taken) == (1 if takes else 0), value
+        assert taken == [takes], value
         taken.clear()
 
 
@@ -195,11 +199,11 @@ def test_the_public_functions_take_it(monkeypatch):
     rmx.mrl_loss(*args, backend="cpu")
     rmx.mndcg_loss(*args, backend="cpu")
     rmx.RankMixupLoss(backend="cpu")(*args)
-    rmx.rankmixup_loss(*args, backend="cpu", validate=True)  # validation: the checked path, untouched
+    rmx.rankmixup_loss(*args, backend="cpu", validate=True)  # validation: left to the checked path
     logits, mix_logits, targets, lam, index = args
     soft = rmx.soft_targets(targets.clamp(min=0), lam, index, 7)
     compat.RankMixup_MNDCG(num_classes=7)(logits, targets, mix_logits, soft, 3)
-    assert taken == [True] * 5
+    assert taken == [True, True, True, True, False, True]
 
 
 def _compat_call(device="cpu", dtype=torch.float32, seed=6):
@@ -274,5 +278,5 @@ def test_auto_binds_the_compiled_backend_of_each_device():
     assert native.loss.func is compiled._C.eager_loss and native.compat_loss.func is compiled._C.eager_compat_loss
     # On a GPU, auto runs Triton when it is installed, which has no native front end.
     status = rmx.available_backends()
-    assert native.loss.args == native.compat_loss.args == (
-        True, not status["triton"].available and status["cuda"].available)
+    flags = (True, not status["triton"].available and status["cuda"].available)
+    assert native.loss.args == (LossOutput, *flags) and native.compat_loss.args == flags
