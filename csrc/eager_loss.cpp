@@ -51,16 +51,18 @@ bool served(const Tensor* logits, bool on_cpu, bool on_cuda) {
 }
 
 // The call's checked options, a LossOptions (a NamedTuple holding the loss schema's option
-// arguments in order, rankmixup_ops/_types.py), parsed as the loss op parses its arguments.
-// Read with the GIL held.
+// arguments in order, then the class weights: rankmixup_ops/_types.py), parsed as the loss op
+// parses its arguments. Read with the GIL held.
 LossOptions scalar_options(const py::tuple& o) {
   HANDLE_TH_ERRORS
-  return parse_loss_options(o[0].cast<std::string_view>(), o[1].cast<std::string_view>(), o[2].cast<double>(),
-                            o[3].cast<double>(), o[4].cast<double>(), o[5].cast<int64_t>(), o[6].cast<double>(),
-                            o[7].cast<std::string_view>());
+  size_t field = 0;  // braced initialisers run in order
+#define RANKMIXUP_OPTION_FROM_TUPLE(type, name) \
+  OptionArg<type>::parse(o[field++].cast<OptionArg<type>::Arg>(), #name),
+  return LossOptions{RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_FROM_TUPLE)};
+#undef RANKMIXUP_OPTION_FROM_TUPLE
   END_HANDLE_TH_ERRORS_PYBIND
 }
-constexpr size_t kClassWeightsField = 8;  // the one tensor, last
+constexpr size_t kClassWeightsField = kLossOptionCount;  // the one tensor, last
 
 using LossParts = std::tuple<Tensor, Tensor, Tensor>;
 

@@ -6,10 +6,14 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "rankmixup/sample_loss.h"
 
@@ -22,30 +26,64 @@ inline at::ScalarType accumulation_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The loss operators' options as schema arguments, in LossOptions' field order: what their schemas
-// (ops.cpp) hold between `Tensor? index` and `Tensor? weight`, and what parse_loss_options takes.
-#define RANKMIXUP_LOSS_OPTION_ARGS                                                               \
-  "str mode, str score, float ce_weight, float alpha, float margin, int ignore_index, " \
-  "float label_smoothing, str reduction"
+// How a loss option of each C++ type travels as a schema argument: its schema type, the C++ type
+// the dispatcher hands it as (Arg), and the conversions both ways. Numbers travel as they are;
+// an enum as a str, one of its names (EnumOptionArg).
+template <class T>
+struct OptionArg {
+  static_assert(std::is_same_v<T, double> || std::is_same_v<T, int64_t>, "an option is a number or an enum");
+  using Arg = T;
+  static constexpr std::string_view kSchemaType = std::is_same_v<T, double> ? "float" : "int";
+  static T parse(Arg value, std::string_view /*name*/) { return value; }
+  static Arg unparse(T value) { return value; }
+};
 
-// The loss operators' options, parsed from their schema arguments into one value.
-inline LossOptions parse_loss_options(std::string_view mode, std::string_view score, double ce_weight, double alpha,
-                                      double margin, int64_t ignore_index, double label_smoothing,
-                                      std::string_view reduction) {
-  TORCH_CHECK(mode == "mrl" || mode == "mndcg", "rankmixup::loss: mode must be 'mrl' or 'mndcg', got '", mode, "'");
-  TORCH_CHECK(score == "logit" || score == "prob", "rankmixup::loss: score must be 'logit' or 'prob', got '", score,
-              "'");
-  TORCH_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none",
-              "rankmixup::loss: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-  return {mode == "mrl" ? Mode::kMrl : Mode::kMndcg,
-          score == "logit" ? Score::kLogit : Score::kProb,
-          ce_weight,
-          alpha,
-          margin,
-          ignore_index,
-          label_smoothing,
-          reduction == "mean" ? Reduction::kMean : (reduction == "sum" ? Reduction::kSum : Reduction::kNone)};
+// An enum option by the names of its values, in the enum's order.
+template <class E, const auto& kNames>
+struct EnumOptionArg {
+  using Arg = std::string_view;
+  static constexpr std::string_view kSchemaType = "str";
+  static E parse(Arg value, std::string_view name) {
+    for (size_t i = 0; i < std::size(kNames); ++i) {
+      if (value == kNames[i]) return static_cast<E>(i);
+    }
+    std::string expected;  // 'a', 'b' or 'c'
+    for (size_t i = 0; i < std::size(kNames); ++i) {
+      expected.append(i == 0 ? "'" : i + 1 == std::size(kNames) ? " or '" : ", '").append(kNames[i]).append("'");
+    }
+    TORCH_CHECK(false, "rankmixup::loss: ", name, " must be ", expected, ", got '", value, "'");
+  }
+  static Arg unparse(E value) { return kNames[static_cast<size_t>(value)]; }
+};
+
+inline constexpr std::string_view kModeNames[] = {"mrl", "mndcg"};
+inline constexpr std::string_view kScoreNames[] = {"logit", "prob"};
+inline constexpr std::string_view kReductionNames[] = {"mean", "sum", "none"};
+template <>
+struct OptionArg<Mode> : EnumOptionArg<Mode, kModeNames> {};
+template <>
+struct OptionArg<Score> : EnumOptionArg<Score, kScoreNames> {};
+template <>
+struct OptionArg<Reduction> : EnumOptionArg<Reduction, kReductionNames> {};
+
+// The loss operators' option arguments as their schemas (ops.cpp) hold them, between
+// `Tensor? index` and `Tensor? weight`, each followed by ", ": "str mode, str score, float ...".
+inline std::string loss_option_schema_args() {
+  std::string args;
+#define RANKMIXUP_OPTION_SCHEMA(type, name) args.append(OptionArg<type>::kSchemaType).append(" " #name ", ");
+  RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_SCHEMA)
+#undef RANKMIXUP_OPTION_SCHEMA
+  return args;
 }
+
+// The number of options (the class weights come after them, in the schemas and in LossOptions).
+#define RANKMIXUP_OPTION_COUNT(type, name) +1
+inline constexpr size_t kLossOptionCount = 0 RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_COUNT);
+#undef RANKMIXUP_OPTION_COUNT
+
+// The options' argument types, each followed by a comma: for the loss operators' signatures
+// (op_handles.h).
+#define RANKMIXUP_OPTION_ARG_TYPE(type, name) ::rankmixup::OptionArg<type>::Arg,
 
 // The class weights of the loss operators (their last schema argument, Tensor? weight).
 using ClassWeight = std::optional<at::Tensor>;
@@ -57,29 +95,30 @@ using ClassWeight = std::optional<at::Tensor>;
 using MixPartners = std::optional<at::Tensor>;
 
 // A loss kernel over (logits, mix_logits, targets, lam, index, weight, const LossOptions&) as the
-// kernel of an operator with the loss schema's flat arguments: what ops.cpp registers.
+// kernel of an operator with the loss schema's flat arguments, its options parsed into one
+// value: what ops.cpp registers.
+#define RANKMIXUP_OPTION_PARAM(type, name) OptionArg<type>::Arg name,
+#define RANKMIXUP_OPTION_PARSE(type, name) OptionArg<type>::parse(name, #name),
 template <auto kernel>
 auto with_parsed_options(const at::Tensor& logits, const at::Tensor& mix_logits, const at::Tensor& targets,
-                         const at::Tensor& lam, const MixPartners& index, std::string_view mode,
-                         std::string_view score, double ce_weight, double alpha, double margin, int64_t ignore_index,
-                         double label_smoothing, std::string_view reduction, const ClassWeight& weight) {
+                         const at::Tensor& lam, const MixPartners& index,
+                         RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_PARAM) const ClassWeight& weight) {
   return kernel(logits, mix_logits, targets, lam, index, weight,
-                parse_loss_options(mode, score, ce_weight, alpha, margin, ignore_index, label_smoothing, reduction));
+                LossOptions{RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_PARSE)});
 }
+#undef RANKMIXUP_OPTION_PARSE
+#undef RANKMIXUP_OPTION_PARAM
 
 // The other way: calls a loss operator (a typed handle of op_handles.h) with `options` as its
 // schema arguments; what autograd.cpp redispatches with.
+#define RANKMIXUP_OPTION_UNPARSE(type, name) OptionArg<type>::unparse(options.name),
 template <class Op>
 auto call_with_options(const Op& op, const at::Tensor& logits, const at::Tensor& mix_logits,
                        const at::Tensor& targets, const at::Tensor& lam, const MixPartners& index,
                        const ClassWeight& weight, const LossOptions& options) {
-  constexpr std::string_view kModes[] = {"mrl", "mndcg"}, kScores[] = {"logit", "prob"},
-                             kReductions[] = {"mean", "sum", "none"};
-  return op.call(logits, mix_logits, targets, lam, index, kModes[static_cast<int>(options.mode)],
-                 kScores[static_cast<int>(options.score)], options.ce_weight, options.alpha, options.margin,
-                 options.ignore_index, options.label_smoothing, kReductions[static_cast<int>(options.reduction)],
-                 weight);
+  return op.call(logits, mix_logits, targets, lam, index, RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_UNPARSE) weight);
 }
+#undef RANKMIXUP_OPTION_UNPARSE
 
 // Class weights, when given, are contiguous (C,) in the logits' accumulation dtype on their device.
 inline void check_class_weight(const char* op, const ClassWeight& weight, const at::Tensor& logits) {

@@ -9,8 +9,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
-#include <string_view>
 #include <tuple>
+
+#include "op_args.h"
 
 namespace rankmixup {
 
@@ -21,8 +22,8 @@ using LossWithGradOutputs =
 // The loss ops' signature, returning Out.
 template <class Out>
 using LossSignature = Out(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const std::optional<at::Tensor>&, std::string_view, std::string_view, double, double,
-                          double, int64_t, double, std::string_view, const std::optional<at::Tensor>&);
+                          const std::optional<at::Tensor>&, RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_ARG_TYPE)
+                          const std::optional<at::Tensor>&);
 
 template <class Signature>
 c10::TypedOperatorHandle<Signature> typed_op(const char* name) {

@@ -58,7 +58,7 @@ pybind11::dict build_info() {
 }
 
 // _C.loss: the loss operator with the schema's arguments (with_parsed_options parses its options,
-// call_with_options hands them back as schema arguments: the option list is op_args.h's alone).
+// call_with_options hands them back as schema arguments: both made from RANKMIXUP_LOSS_OPTIONS).
 rankmixup::LossOutputs loss_called_directly(const at::Tensor& logits, const at::Tensor& mix_logits,
                                             const at::Tensor& targets, const at::Tensor& lam,
                                             const rankmixup::MixPartners& index, const rankmixup::ClassWeight& weight,
@@ -77,6 +77,8 @@ rankmixup::LossOutputs loss_called_directly(const at::Tensor& logits, const at::
 TORCH_LIBRARY(rankmixup, m) {
   using c10::DispatchKey;
   const auto on = [](DispatchKey key, auto kernel) { return torch::dispatch(key, kernel); };
+  // The loss schemas' option arguments, made from the one list of them (sample_loss.h).
+  const std::string option_args = rankmixup::loss_option_schema_args();
 
   // Fused CE + rank loss (SPEC §5). lam (K, B), of any strides, in the accumulation dtype (float64
   // for float64 logits, else float32); with index int64 (K, B), the mixes' partners, each mix's
@@ -85,9 +87,9 @@ TORCH_LIBRARY(rankmixup, m) {
   // differentiable in lam. Besides the loss and its parts, returns what its backward needs: per
   // row of each sample's list (K+1, B), 5 coefficients (the row's max and the gradient's terms,
   // for grad_output = 1, reduction applied: pack_row) and the argmax.
-  m.def(
-      "loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, " RANKMIXUP_LOSS_OPTION_ARGS
-      ", Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)");
+  m.def(("loss(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, " + option_args +
+         "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax)")
+            .c_str());
   m.impl("loss", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_cpu>));
   RANKMIXUP_IF_CUDA(m.impl("loss", on(DispatchKey::CUDA, &rankmixup::with_parsed_options<&rankmixup::cuda::loss_cuda>)));
   m.impl("loss", on(DispatchKey::Autograd, &rankmixup::with_parsed_options<&rankmixup::loss_autograd>));
@@ -96,10 +98,11 @@ TORCH_LIBRARY(rankmixup, m) {
   // grad_output = 1 (contiguous, in the accumulation dtype), from the same read of the logits:
   // what autograd calls on devices whose kernels are bound by arithmetic rather than memory (the
   // CPU), its backward then only scaling them. Not differentiable itself.
-  m.def(
-      "loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, "
-      RANKMIXUP_LOSS_OPTION_ARGS ", Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, "
-      "Tensor row_argmax, Tensor grad_logits, Tensor grad_mix_logits)");
+  m.def(("loss_with_grad(Tensor logits, Tensor mix_logits, Tensor targets, Tensor lam, Tensor? index, " +
+         option_args +
+         "Tensor? weight=None) -> (Tensor loss, Tensor ce, Tensor rank, Tensor row_coefs, Tensor row_argmax, "
+         "Tensor grad_logits, Tensor grad_mix_logits)")
+            .c_str());
   m.impl("loss_with_grad", on(DispatchKey::CPU, &rankmixup::with_parsed_options<&rankmixup::cpu::loss_with_grad_cpu>));
 
   // The CPU backward after loss_with_grad: scales those gradients in place by grad_loss (a

@@ -48,8 +48,10 @@ class LossOptions(NamedTuple):
     ``functional.loss_options`` (which checks the scalar ones once per distinct set of values)
     and handed whole to the backend.
 
-    The fields are in the order of the loss operators' schemas (csrc/ops.cpp), so that a
-    compiled backend passes them as ``op(logits, mix_logits, targets, lam, index, *options)``. The
+    The fields are in the order of the loss operators' schema arguments (made from the C++
+    list ``RANKMIXUP_LOSS_OPTIONS``, csrc/include/rankmixup/sample_loss.h; a test holds the two
+    together), so that a compiled backend passes them as
+    ``op(logits, mix_logits, targets, lam, index, *options)``. The
     defaults are :func:`rankmixup_ops.rankmixup_loss`'s. ``ce_weight`` is 1 for the loss and 0
     for the rank terms alone (``mrl_loss``, ``mndcg_loss``). ``weight`` holds the class weights
     of the CE term, ``(C,)`` in the logits' accumulation dtype and on their device, or None;

@@ -267,6 +267,20 @@ def test_opcheck_soft_relevance(device):
     torch.library.opcheck(torch.ops.rankmixup.soft_relevance.default, (soft, 2, torch.float64))
 
 
+@pytest.mark.parametrize("op", ["loss", "loss_with_grad"])
+def test_loss_schemas_take_the_options_as_LossOptions_holds_them(op):
+    """The C++ option list (RANKMIXUP_LOSS_OPTIONS) makes the schemas' option arguments: they must
+    be LossOptions' fields, in order and of matching types, after the five tensors, since the
+    compiled backends pass a LossOptions as ``*options``."""
+    arguments = getattr(torch.ops.rankmixup, op).default._schema.arguments
+    assert [a.name for a in arguments[:5]] == ["logits", "mix_logits", "targets", "lam", "index"]
+    assert [a.name for a in arguments[5:]] == list(LossOptions._fields)
+    schema_types = {str: "str", float: "float", int: "int"}
+    for argument, default in zip(arguments[5:-1], LossOptions()[:-1]):
+        assert str(argument.type) == schema_types[type(default)], argument.name
+    assert str(arguments[-1].type) == "Optional[Tensor]" and arguments[-1].default_value is None
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weights"])
 @pytest.mark.parametrize("reduction,requires_grad", [("mean", True), ("none", True), ("sum", False)])
 @pytest.mark.parametrize("pairing", ["partners", "relevance-given"])

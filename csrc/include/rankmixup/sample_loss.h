@@ -20,19 +20,27 @@ enum class Mode : int32_t { kMrl = 0, kMndcg = 1 };
 enum class Score : int32_t { kLogit = 0, kProb = 1 };
 enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
 
-// Every option of the loss operators, as one value: what the operators' flat schema arguments
-// (ops.cpp) are parsed into once, at the operator boundary (op_args.h), and what every kernel
-// takes. The fields of rankmixup_ops._types.LossOptions but its last, the class weights: a
-// tensor, which the kernels take beside the other tensors.
+// Every option of the loss operators, X(type, name) each, in the order of their schema arguments
+// and of the fields of rankmixup_ops._types.LossOptions (but its last, the class weights: a
+// tensor, which the kernels take beside the other tensors). The one list of them in C++: the
+// fields of LossOptions below, and the operators' schema arguments, their parsing and their
+// handles (op_args.h, op_handles.h) are made from it, so that an option is added here alone.
+#define RANKMIXUP_LOSS_OPTIONS(X) \
+  X(Mode, mode)                   \
+  X(Score, score)                 \
+  X(double, ce_weight)            \
+  X(double, alpha)                \
+  X(double, margin)               \
+  X(int64_t, ignore_index)        \
+  X(double, label_smoothing)      \
+  X(Reduction, reduction)
+
+// The options as one value: what the operators' flat schema arguments are parsed into once, at
+// the operator boundary (op_args.h), and what every kernel takes.
 struct LossOptions {
-  Mode mode;
-  Score score;
-  double ce_weight;
-  double alpha;
-  double margin;
-  int64_t ignore_index;
-  double label_smoothing;
-  Reduction reduction;
+#define RANKMIXUP_OPTION_FIELD(type, name) type name;
+  RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OPTION_FIELD)
+#undef RANKMIXUP_OPTION_FIELD
 };
 
 // Whether the CE has a smoothing term (the only part that reads a row's logit sum).
