@@ -77,9 +77,18 @@ py::tuple as_python(const LossParts& parts) {
   return py::make_tuple(std::get<0>(parts), std::get<1>(parts), std::get<2>(parts));
 }
 
-// `parts` as an instance of the tuple subclass `result_type` (a NamedTuple), made as
-// tuple.__new__(result_type, parts) makes it: without the Python frame of the NamedTuple's own
-// __new__, which costs a call at the paper's shapes more than the rest of this file.
+// tuple.__new__'s own check, made before any work: anything but a tuple subclass would be built
+// with a tuple's layout.
+void check_result_type(py::handle result_type) {
+  if (!PyType_Check(result_type.ptr()) ||
+      !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(result_type.ptr()), &PyTuple_Type)) {
+    throw py::type_error("eager_loss: result_type must be a subclass of tuple");
+  }
+}
+
+// `parts` as an instance of the tuple subclass `result_type` (a NamedTuple; check_result_type
+// passed), made as tuple.__new__(result_type, parts) makes it: without the Python frame of the
+// NamedTuple's own __new__, one of the few left in a call.
 py::object as_instance(py::handle result_type, const LossParts& parts) {
   const py::tuple args = py::make_tuple(as_python(parts));
   PyObject* instance = PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(result_type.ptr()), args.ptr(), nullptr);
@@ -101,6 +110,7 @@ bool validation_requested(py::handle validate) {
 py::object eager_loss(py::handle result_type, bool on_cpu, bool on_cuda, py::handle logits_object,
                       py::handle mix_logits_object, py::handle targets_object, py::handle lam_object,
                       py::handle index_object, const py::tuple& options, py::handle validate) {
+  check_result_type(result_type);
   const py::object not_taken = py::none();
   const Tensor* logits = plain_tensor(logits_object);
   if (validation_requested(validate) || !served(logits, on_cpu, on_cuda)) return not_taken;

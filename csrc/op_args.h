@@ -82,7 +82,7 @@ inline constexpr size_t kLossOptionCount = 0 RANKMIXUP_LOSS_OPTIONS(RANKMIXUP_OP
 #undef RANKMIXUP_OPTION_COUNT
 
 // The options' argument types, each followed by a comma: for the loss operators' signatures
-// (op_handles.h).
+// (op_handles.h, which includes this header; so it stays defined).
 #define RANKMIXUP_OPTION_ARG_TYPE(type, name) ::rankmixup::OptionArg<type>::Arg,
 
 // The class weights of the loss operators (their last schema argument, Tensor? weight).

@@ -189,9 +189,9 @@ def _pick(fn: str, backend: str, device: torch.device) -> str:
 class EagerFrontEnd(NamedTuple):
     """The native front ends of the loss (csrc/eager_loss.h) for calls naming one backend, bound
     to the device types on which those calls run a backend that has them. Each takes a call's
-    arguments as given (and the checked LossOptions) and returns ``(loss, ce, rank)`` (``loss`` a
-    LossOutput), or None for a call it does not take whole, which the checked Python path then
-    takes."""
+    arguments as given (and the checked LossOptions) and returns ``(loss, ce, rank)`` (a
+    LossOutput from ``loss``, a plain tuple from ``compat_loss``, as the drop-ins return), or
+    None for a call it does not take whole, which the checked Python path then takes."""
 
     loss: Callable  # functional.loss_call's: (logits, mix_logits, targets, lam, index, options, validate)
     compat_loss: Callable  # the drop-in classes': (inputs, targets, mixup, target_re, lam, num_classes, options)

@@ -142,6 +142,13 @@ def test_leaves_every_other_call_to_the_checked_path(device, mutation):
     assert eager(args, options, device=device) is None, mutation
 
 
+def test_refuses_a_result_type_that_is_not_a_tuple():
+    """The result is built as tuple.__new__ builds it, which only a tuple subclass can take."""
+    for result_type in (None, dict, int, "LossOutput"):
+        with pytest.raises(TypeError, match="result_type must be a subclass of tuple"):
+            compiled._C.eager_loss(result_type, True, False, *call(seed=3), OPTIONS, False)
+
+
 def test_leaves_other_devices_and_backends_alone(device):
     args = call(device=device, seed=3)
     assert compiled._C.eager_loss(LossOutput, device != "cpu", device != "cuda", *args, OPTIONS, False) is None
