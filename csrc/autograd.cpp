@@ -23,6 +23,28 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Under create_graph: the loss's backward ops have no derivative of their own, so its gradients
+// would come back with no path to the logits, and a second derivative through them (a gradient
+// penalty) would silently leave the loss's part out. Instead they pass through this node, whose
+// own backward raises: @once_differentiable's idea, but always (not only when the incoming
+// gradient requires grad: a scalar loss's is a constant 1), and with edges to the logits
+// themselves, so that a derivative taken with respect to anything upstream of them reaches it
+// (an error node on detached leaves would be pruned from that backward). The Triton loss refuses
+// likewise (fused_loss_backward's autograd, triton/loss.py).
+class DifferentiableOnce : public torch::autograd::Function<DifferentiableOnce> {
+ public:
+  static variable_list forward(AutogradContext*, const Tensor& grad_logits, const Tensor& grad_mix,
+                               const Tensor& /*logits*/, const Tensor& /*mix_logits*/) {
+    return {grad_logits, grad_mix};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
+                "create_graph=True) is not implemented on this backend: backend='reference' has one");
+  }
+};
+
 // Differentiable in logits and mix_logits; the parts and the per-row records are not, and lam is
 // sampled data (SPEC §6), a constant of the loss.
 //
@@ -81,6 +103,10 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     const ClassWeight weight = saved[5].defined() ? ClassWeight(saved[5]) : std::nullopt;
     std::tie(out[0], out[1]) =
         loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], ignore_index, weight);
+    if (at::GradMode::is_enabled()) {
+      const variable_list once = DifferentiableOnce::apply(out[0], out[1], saved[0], saved[1]);
+      std::tie(out[0], out[1]) = std::tie(once[0], once[1]);
+    }
     return out;
   }
 

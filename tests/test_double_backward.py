@@ -1,13 +1,17 @@
-"""Second derivatives through the mixing ops (create_graph=True, as a gradient penalty on the
-inputs needs): mix_backward and paste_boxes_backward are differentiable, each through its
-adjoint (the forward op), on every backend, and match the reference's autograd; through lam
-mix's backward refuses instead of giving a silent zero."""
+"""Second derivatives (create_graph=True, as a gradient penalty on the inputs needs).
+
+Through the mixing ops: mix_backward and paste_boxes_backward are differentiable, each through
+its adjoint (the forward op), on every backend, and match the reference's autograd; through lam
+mix's backward refuses instead of giving a silent zero. Through the loss: differentiable once on
+the fused backends, whose gradients under create_graph are right and raise when differentiated,
+rather than leave the loss's part of a second derivative out."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from backend_cases import gen
+from backend_cases import gen, options, problem, reference_backend
+from tolerances import gradient_tolerance
 
 from rankmixup_ops import reference
 from rankmixup_ops.backends import BackendUnavailable, resolve
@@ -56,3 +60,41 @@ def test_through_lam_is_refused(name, device):
     (grad_x,) = torch.autograd.grad(backend.mix(x, lam, index).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="derivative of mix's backward with respect to lam is not implemented"):
         torch.autograd.grad(grad_x.sum(), lam)
+
+
+@pytest.mark.parametrize("mode", ["mndcg", "mrl"])
+@pytest.mark.parametrize(("name", "device"), CASES)
+def test_loss_is_differentiable_once(name, device, mode):
+    backend = _backend(name, device)
+    logits, mix_logits, targets, lam, index = problem(6, 2, 5, dtype=torch.float64, seed=33, device=device)
+    opts = options(mode)
+    # The logits come out of a layer (a scale here), as in a network.
+    scale = torch.tensor(1.5, dtype=torch.float64, device=device, requires_grad=True)
+
+    def gradients(impl, *, create_graph):
+        wrt = (logits * scale, mix_logits * scale)
+        loss = impl.loss(*wrt, targets, lam, index, opts).loss
+        return torch.autograd.grad(loss, wrt, create_graph=create_graph)
+
+    want = gradients(reference_backend(device), create_graph=False)
+    got = gradients(backend, create_graph=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.detach(), w, **gradient_tolerance(torch.float64))
+    # A penalty on the gradient, beside a term with a second derivative of its own, differentiated
+    # with respect to the layer: the loss's part cannot be computed, and is refused rather than
+    # left out.
+    penalty = got[0].pow(2).sum() + got[1].pow(2).sum() + scale.pow(3)
+    with pytest.raises(RuntimeError, match="the loss is differentiable once"):
+        torch.autograd.grad(penalty, scale)
+
+
+@pytest.mark.parametrize("mode", ["mndcg", "mrl"])
+def test_reference_loss_has_a_second_derivative(mode):
+    """What the fused backends' error points to: the reference differentiates twice, right."""
+    logits, mix_logits, targets, lam, index = problem(4, 2, 3, dtype=torch.float64, seed=34)
+    opts = options(mode, score="prob")._asdict()
+
+    def loss(a, b):
+        return reference.rankmixup_loss(a, b, targets, lam, index, **opts).loss
+
+    assert torch.autograd.gradgradcheck(loss, (logits.requires_grad_(), mix_logits.requires_grad_()))
