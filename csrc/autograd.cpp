@@ -29,8 +29,8 @@ using torch::autograd::variable_list;
 // own backward raises: @once_differentiable's idea, but always (not only when the incoming
 // gradient requires grad: a scalar loss's is a constant 1), and with edges to the logits
 // themselves, so that a derivative taken with respect to anything upstream of them reaches it
-// (an error node on detached leaves would be pruned from that backward). The Triton loss refuses
-// likewise (fused_loss_backward's autograd, triton/loss.py).
+// (an error node on detached leaves would be pruned from that backward). triton/loss.py's
+// _DifferentiableOnce does the same for the Triton loss.
 class DifferentiableOnce : public torch::autograd::Function<DifferentiableOnce> {
  public:
   static variable_list forward(AutogradContext*, const Tensor& grad_logits, const Tensor& grad_mix,

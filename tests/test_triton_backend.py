@@ -195,17 +195,14 @@ def test_backward_of_a_call_without_gradient_rows(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_only_the_loss_is_differentiable(device):
-    """As in the C++ loss op: the parts of fused_loss, and the parts and scale of reduce_loss,
-    carry no gradient, called directly too. Its gradient rows link the backward to the logits
-    (for create_graph: test_double_backward.py), and refuse a gradient of their own."""
+    """As in the C++ loss op: the parts and the gradient rows of fused_loss, and the parts and
+    scale of reduce_loss, carry no gradient, called directly too."""
     logits, mix_logits, targets, lam, index = _problem(device)
     logits.requires_grad_()
     options = ("mndcg", "logit", -100, 1.0, 0.1, 2.0, 0.0)
-    loss, ce, rank, grad_rows = triton_loss.fused_loss(logits, mix_logits, targets, lam, index, *options, True, 0)
-    assert loss.requires_grad and not ce.requires_grad and not rank.requires_grad
-    with pytest.raises(RuntimeError, match="gradient rows are not differentiable"):
-        grad_rows.sum().backward()
-    total, *parts = triton_reduce.reduce_loss(loss, ce, rank, targets, -100, True)
+    loss, *others = triton_loss.fused_loss(logits, mix_logits, targets, lam, index, *options, True, 0)
+    assert loss.requires_grad and not any(t.requires_grad for t in others)
+    total, *parts = triton_reduce.reduce_loss(loss, others[0], others[1], targets, -100, True)
     assert total.requires_grad and not any(t.requires_grad for t in parts)
 
 

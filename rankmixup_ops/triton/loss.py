@@ -430,20 +430,19 @@ def _setup_context(ctx, inputs, output):
     logits = inputs[0]
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
-    ctx.save_for_backward(output[3])
+    # The logits and mix logits only for their place in the graph under create_graph
+    # (_DifferentiableOnce): a reference, in eager mode, to tensors the caller usually still
+    # holds; a compiled backward never reads them, so torch.compile saves nothing for them.
+    ctx.save_for_backward(output[3], logits, inputs[1])
     # Only the loss carries a gradient, as in the C++ loss op: ce and rank are its parts for
-    # logging. The gradient rows are internal, never given one (differentiable only so that
-    # fused_loss_backward's node links to the logits under create_graph). Nor does autograd fill
-    # zeros for those three outputs on every backward (the gradient rows' a buffer the size of
-    # all the logits).
-    ctx.mark_non_differentiable(*output[1:3])
+    # logging, the gradient rows internal. Nor does autograd fill zeros for those three outputs
+    # on every backward (the gradient rows' a buffer the size of all the logits).
+    ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
-    if grad_grad is not None:  # only a direct caller of fused_loss could differentiate them
-        raise RuntimeError("rankmixup_triton::fused_loss: its gradient rows are not differentiable")
-    (grad,) = ctx.saved_tensors
+    grad, *logits = ctx.saved_tensors
     # No gradient rows (need_grad False): autograd still calls the backward when another input
     # (lam, say, in a direct call) requires grad, and the logits get none.
     if grad_loss is None or grad.shape[0] == 0:
@@ -452,23 +451,30 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
     scaled = fused_loss_backward(grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
+    if torch.is_grad_enabled():  # create_graph=True
+        grad_logits, grad_mix = _DifferentiableOnce.apply(grad_logits, grad_mix, *logits)
     return (grad_logits, grad_mix) + (None,) * 14  # one per input of fused_loss
 
 
-def _no_second_derivative(ctx, grad):
-    raise RuntimeError(
-        "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
-        "create_graph=True) is not implemented on this backend: backend='reference' has one"
-    )
+class _DifferentiableOnce(torch.autograd.Function):
+    """The gradients under create_graph, passed through a node whose backward raises, with edges
+    to the logits: fused_loss_backward has no derivative, and without this a second derivative
+    (a gradient penalty) would silently leave the loss's part out. Why so, and not
+    @once_differentiable: DifferentiableOnce in csrc/autograd.cpp, the same for the C++ loss."""
+
+    @staticmethod
+    def forward(ctx, grad_logits, grad_mix, logits, mix_logits):
+        return grad_logits, grad_mix
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
+            "create_graph=True) is not implemented on this backend: backend='reference' has one"
+        )
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
-# Under create_graph the gradient rows (saved, an output of the forward's node) carry the path to
-# the logits, and the scaled gradient hangs off fused_loss_backward's node, which raises when
-# differentiated: a second derivative through the loss (a gradient penalty) is refused rather
-# than silently left without the loss's part, as the C++ loss does (DifferentiableOnce in
-# csrc/autograd.cpp).
-fused_loss_backward.register_autograd(_no_second_derivative)
 
 
 def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions, block_c: int = 0) -> LossOutput:
