@@ -8,6 +8,7 @@
 // answering for the kernels.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 
 #include <tuple>
 #include <utility>
@@ -25,25 +26,25 @@ using torch::autograd::variable_list;
 
 // Under create_graph: the loss's backward ops have no derivative of their own, so its gradients
 // would come back with no path to the logits, and a second derivative through them (a gradient
-// penalty) would silently leave the loss's part out. Instead they pass through this node, whose
-// own backward raises: @once_differentiable's idea, but always (not only when the incoming
-// gradient requires grad: a scalar loss's is a constant 1), and with edges to the logits
-// themselves, so that a derivative taken with respect to anything upstream of them reaches it
-// (an error node on detached leaves would be pruned from that backward). triton/loss.py's
-// _DifferentiableOnce does the same for the Triton loss.
-class DifferentiableOnce : public torch::autograd::Function<DifferentiableOnce> {
- public:
-  static variable_list forward(AutogradContext*, const Tensor& grad_logits, const Tensor& grad_mix,
-                               const Tensor& /*logits*/, const Tensor& /*mix_logits*/) {
-    return {grad_logits, grad_mix};
-  }
+// penalty) would silently leave the loss's part out. Instead they come back hanging off an error
+// node (torch's DelayedError, the one @once_differentiable builds) whose backward raises; but
+// always (not only when the incoming gradient requires grad: a scalar loss's is a constant 1),
+// and with edges to the logits and the incoming gradient themselves, so that a derivative taken
+// with respect to anything upstream of them reaches it (an error node on detached leaves would
+// be pruned from that backward). Its outputs share the gradients' storage without being views,
+// so they can be modified in place. triton/loss.py's _differentiable_once does the same.
+constexpr const char* kNoSecondDerivative =
+    "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
+    "create_graph=True) is not implemented on this backend: backend='reference' has one";
 
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false,
-                "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
-                "create_graph=True) is not implemented on this backend: backend='reference' has one");
-  }
-};
+std::pair<Tensor, Tensor> differentiable_once(const Tensor& grad_logits, const Tensor& grad_mix,
+                                              const Tensor& logits, const Tensor& mix_logits,
+                                              const Tensor& grad_loss) {
+  const variable_list inputs{grad_logits, grad_mix, logits, mix_logits, grad_loss};
+  const variable_list out =
+      std::make_shared<torch::autograd::DelayedError>(kNoSecondDerivative, inputs.size())->apply(variable_list(inputs));
+  return {out[0], out[1]};
+}
 
 // Differentiable in logits and mix_logits; the parts and the per-row records are not, and lam is
 // sampled data (SPEC §6), a constant of the loss.
@@ -104,8 +105,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     std::tie(out[0], out[1]) =
         loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], ignore_index, weight);
     if (at::GradMode::is_enabled()) {
-      const variable_list once = DifferentiableOnce::apply(out[0], out[1], saved[0], saved[1]);
-      std::tie(out[0], out[1]) = std::tie(once[0], once[1]);
+      std::tie(out[0], out[1]) = differentiable_once(out[0], out[1], saved[0], saved[1], grads[0]);
     }
     return out;
   }

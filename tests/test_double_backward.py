@@ -62,18 +62,21 @@ def test_through_lam_is_refused(name, device):
         torch.autograd.grad(grad_x.sum(), lam)
 
 
-@pytest.mark.parametrize("mode", ["mndcg", "mrl"])
+@pytest.mark.parametrize(("mode", "reduction"), [("mndcg", "mean"), ("mrl", "none")])
 @pytest.mark.parametrize(("name", "device"), CASES)
-def test_loss_is_differentiable_once(name, device, mode):
+def test_loss_is_differentiable_once(name, device, mode, reduction):
     backend = _backend(name, device)
     logits, mix_logits, targets, lam, index = problem(6, 2, 5, dtype=torch.float64, seed=33, device=device)
-    opts = options(mode)
-    # The logits come out of a layer (a scale here), as in a network.
+    opts = options(mode, reduction=reduction)
+    # The logits come out of a layer (a scale here), as in a network, and the loss is weighted
+    # per sample, as learning-to-reweight weights it.
     scale = torch.tensor(1.5, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.rand(6 if reduction == "none" else (), generator=gen(35), dtype=torch.float64).to(device)
+    weight.requires_grad_()
 
     def gradients(impl, *, create_graph):
         wrt = (logits * scale, mix_logits * scale)
-        loss = impl.loss(*wrt, targets, lam, index, opts).loss
+        loss = (weight * impl.loss(*wrt, targets, lam, index, opts).loss).sum()
         return torch.autograd.grad(loss, wrt, create_graph=create_graph)
 
     want = gradients(reference_backend(device), create_graph=False)
@@ -81,11 +84,15 @@ def test_loss_is_differentiable_once(name, device, mode):
     for g, w in zip(got, want):
         torch.testing.assert_close(g.detach(), w, **gradient_tolerance(torch.float64))
     # A penalty on the gradient, beside a term with a second derivative of its own, differentiated
-    # with respect to the layer: the loss's part cannot be computed, and is refused rather than
-    # left out.
-    penalty = got[0].pow(2).sum() + got[1].pow(2).sum() + scale.pow(3)
-    with pytest.raises(RuntimeError, match="the loss is differentiable once"):
-        torch.autograd.grad(penalty, scale)
+    # with respect to the layer or the weight: the loss's part cannot be computed, and is refused
+    # rather than left out.
+    penalty = got[0].pow(2).sum() + got[1].pow(2).sum() + scale.pow(3) + weight.pow(3).sum()
+    for wrt in (scale, weight):
+        with pytest.raises(RuntimeError, match="the loss is differentiable once"):
+            torch.autograd.grad(penalty, wrt, retain_graph=True)
+    # The gradients are tensors of their own, not views: a hook or an optimiser may scale them in place.
+    got[0].mul_(2)
+    torch.testing.assert_close(got[0].detach(), 2 * want[0], **gradient_tolerance(torch.float64))
 
 
 @pytest.mark.parametrize("mode", ["mndcg", "mrl"])

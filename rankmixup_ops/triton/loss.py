@@ -431,8 +431,10 @@ def _setup_context(ctx, inputs, output):
     ctx.batch = logits.shape[0]
     ctx.mix_shape = inputs[1].shape
     # The logits and mix logits only for their place in the graph under create_graph
-    # (_DifferentiableOnce): a reference, in eager mode, to tensors the caller usually still
-    # holds; a compiled backward never reads them, so torch.compile saves nothing for them.
+    # (_differentiable_once). In eager mode: a reference to tensors the caller usually still
+    # holds, as the C++ loss keeps them; so, as there, modifying them in place before the backward
+    # is refused, and saved-tensor hooks (save_on_cpu) pack them too. A compiled backward never
+    # reads them, and torch.compile saves nothing for them.
     ctx.save_for_backward(output[3], logits, inputs[1])
     # Only the loss carries a gradient, as in the C++ loss op: ce and rank are its parts for
     # logging, the gradient rows internal. Nor does autograd fill zeros for those three outputs
@@ -442,7 +444,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
-    grad, *logits = ctx.saved_tensors
+    grad, logits, mix_logits = ctx.saved_tensors
     # No gradient rows (need_grad False): autograd still calls the backward when another input
     # (lam, say, in a direct call) requires grad, and the logits get none.
     if grad_loss is None or grad.shape[0] == 0:
@@ -452,26 +454,24 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
     if torch.is_grad_enabled():  # create_graph=True
-        grad_logits, grad_mix = _DifferentiableOnce.apply(grad_logits, grad_mix, *logits)
+        grad_logits, grad_mix = _differentiable_once(grad_logits, grad_mix, logits, mix_logits, grad_loss)
     return (grad_logits, grad_mix) + (None,) * 14  # one per input of fused_loss
 
 
-class _DifferentiableOnce(torch.autograd.Function):
-    """The gradients under create_graph, passed through a node whose backward raises, with edges
-    to the logits: fused_loss_backward has no derivative, and without this a second derivative
-    (a gradient penalty) would silently leave the loss's part out. Why so, and not
-    @once_differentiable: DifferentiableOnce in csrc/autograd.cpp, the same for the C++ loss."""
+def _differentiable_once(grad_logits, grad_mix, logits, mix_logits, grad_loss):
+    """The gradients under create_graph, hung off an error node (the one @once_differentiable
+    builds) with edges to the logits and the incoming gradient: fused_loss_backward has no
+    derivative, and without this a second derivative (a gradient penalty) would silently leave
+    the loss's part out. Why so: differentiable_once in csrc/autograd.cpp, the same for the C++
+    loss."""
+    inputs = (grad_logits, grad_mix, logits, mix_logits, grad_loss)
+    return torch._C._functions.DelayedError(_NO_SECOND_DERIVATIVE, len(inputs))(*inputs)[:2]
 
-    @staticmethod
-    def forward(ctx, grad_logits, grad_mix, logits, mix_logits):
-        return grad_logits, grad_mix
 
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
-            "create_graph=True) is not implemented on this backend: backend='reference' has one"
-        )
+_NO_SECOND_DERIVATIVE = (
+    "rankmixup_ops: the loss is differentiable once; a derivative of its gradient (after "
+    "create_graph=True) is not implemented on this backend: backend='reference' has one"
+)
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
