@@ -20,6 +20,7 @@ from rankmixup_ops import reference  # noqa: E402
 from rankmixup_ops._types import LossOptions, accumulation_dtype  # noqa: E402
 from rankmixup_ops.triton import BACKEND  # noqa: E402
 from rankmixup_ops.triton import cutmix as triton_cutmix  # noqa: E402
+from rankmixup_ops.triton import eager as triton_eager  # noqa: E402
 from rankmixup_ops.triton import loss as triton_loss  # noqa: E402
 from rankmixup_ops.triton import mix as triton_mix  # noqa: E402
 from rankmixup_ops.triton import reduce as triton_reduce  # noqa: E402
@@ -516,3 +517,69 @@ def test_compiled_with_dynamic_shapes(batch, classes):
         results.append((value, *torch.autograd.grad(value, (logits, mix_logits))))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+class _PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def test_eager_calls_are_direct_only_where_that_is_the_same(monkeypatch):
+    """triton/eager.py: plain tensors in eager mode take the op's direct form; a dispatch or
+    function mode, or a tensor subclass, takes the op (which they see)."""
+    op = triton_mix.mix
+    monkeypatch.setitem(triton_eager._DIRECT, op, lambda *args: "direct")
+    x, lam, index = torch.randn(4, 3), torch.rand(2, 4), torch.stack([torch.randperm(4) for _ in range(2)])
+    if _CPU_REASON is None:
+        assert triton_eager.call(op, x, lam, index) == "direct"
+    for context in (_PassThrough(), torch.device("cpu")):
+        with context:
+            assert triton_eager.call(op, x, lam, index) != "direct"
+    assert triton_eager.call(op, x.as_subclass(_Subclass), lam, index) != "direct"
+
+
+def _op_form(fn, *args):
+    """``fn(*args)`` with every op called as an op: a dispatch mode that only passes calls on."""
+    with _PassThrough():
+        return fn(*args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_loss_direct_and_op_forms_agree(device, reduction):
+    """The direct form runs the op's own body, setup_context and backward: the same numbers,
+    gradients included (retain_graph for a second backward, as the op's)."""
+    inputs = _problem(device)
+    options = _options(reduction=reduction, weight=torch.rand(37, device=device))
+    direct = _run(triton_loss.rankmixup_loss, *inputs, options)
+    op = _op_form(_run, triton_loss.rankmixup_loss, *inputs, options)
+    for d, o in zip(direct, op):
+        torch.testing.assert_close(d, o, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixing_direct_and_op_forms_agree(device):
+    """mix (in x and lam, and its double backward) and paste_boxes, both forms."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 2, 3, 5, generator=gen, dtype=torch.float64).to(device)
+    lam = torch.rand(3, 6, generator=gen, dtype=torch.float64).to(device)
+    index = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)]).to(device)
+    boxes = rmx.sample_cutmix(3, 5, 6, 3, 1.0, per_sample=True, device=device)[0]
+
+    def derivatives(op, pairing):
+        x_ = x.clone().requires_grad_()
+        pairing_ = pairing.clone().requires_grad_() if pairing.is_floating_point() else pairing
+        out = getattr(BACKEND, op)(x_, pairing_, index)
+        first = torch.autograd.grad(out.pow(2).sum(), (x_, pairing_) if pairing_.requires_grad else (x_,))
+        # The second derivative in x, lam held constant (in lam, mix's backward refuses one).
+        (grad_x,) = torch.autograd.grad(getattr(BACKEND, op)(x_, pairing, index).pow(2).sum(), x_, create_graph=True)
+        (second,) = torch.autograd.grad(grad_x.pow(2).sum(), x_)
+        return (out, *first, second)
+
+    for op, pairing in (("mix", lam), ("paste_boxes", boxes)):
+        for d, o in zip(derivatives(op, pairing), _op_form(derivatives, op, pairing)):
+            torch.testing.assert_close(d, o, rtol=0, atol=0)

@@ -1,7 +1,7 @@
 """The Triton backend: the fused loss and the mix as ``torch.library.triton_op`` operators
-(``rankmixup_triton::fused_loss``, ``::fused_loss_backward``, ``::mix``, ``::mix_backward``,
-``::paste_boxes``, ``::paste_boxes_backward``),
-which torch.compile traces into.
+(``rankmixup_triton::fused_loss``, ``::fused_loss_backward``, ``::reduce_loss``, ``::mix``,
+``::mix_backward``, ``::paste_boxes``, ``::paste_boxes_backward``), which torch.compile traces
+into, called directly in eager mode (eager.py).
 
 Runs on CUDA tensors. CPU tensors run too when ``TRITON_INTERPRET=1`` was set before this
 module was imported — Triton's interpreter, slow, meant for tests on machines without a GPU.
@@ -10,6 +10,7 @@ module was imported — Triton's interpreter, slow, meant for tests on machines 
 import torch
 
 from ..reference import soft_relevance
+from . import eager
 from .cutmix import paste_boxes as _paste_boxes_op
 from .launch import interpreted
 from .loss import rankmixup_loss
@@ -40,11 +41,11 @@ class TritonBackend:
 
     @staticmethod
     def mix(x, lam, index):
-        return _mix_op(x, lam, index)
+        return eager.call(_mix_op, x, lam, index)
 
     @staticmethod
     def paste_boxes(x, boxes, index):
-        return _paste_boxes_op(x, boxes, index)
+        return eager.call(_paste_boxes_op, x, boxes, index)
 
     # The drop-in classes' relevance: a row max over their soft targets, in PyTorch.
     soft_relevance = staticmethod(soft_relevance)

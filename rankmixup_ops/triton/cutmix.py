@@ -17,10 +17,9 @@ once by one program — deterministic, no atomics. An index outside [0, B) reads
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from .._types import image_memory_format
-from . import launch
+from . import eager, launch
 from .mix import inverse_permutation, mix_launch_config, program_block
 from .op_args import check_paste_boxes_args
 
@@ -110,8 +109,7 @@ def _dense_images(images: torch.Tensor, rows: int):
     return dense, out, geometry, memory_format == torch.channels_last
 
 
-@triton_op("rankmixup_triton::paste_boxes", mutates_args=())
-def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K CutMix mixes of ``x`` ``(B, C, H, W)``, as ``(K*B, C, H, W)`` mix-major, in one launch."""
     check_paste_boxes_args("paste_boxes", x, boxes, index, per_mix_rows=False)
     num_mix, batch = index.shape
@@ -125,8 +123,7 @@ def paste_boxes(x: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> to
     return out
 
 
-@triton_op("rankmixup_triton::paste_boxes_backward", mutates_args=())
-def paste_boxes_backward(grad: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _paste_boxes_backward(grad: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`paste_boxes` with respect to ``x``, ``(B, C, H, W)``, from ``grad`` ``(K*B, C, H, W)``."""
     check_paste_boxes_args("paste_boxes_backward", grad, boxes, index, per_mix_rows=True)
     num_mix, batch = index.shape
@@ -147,16 +144,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     boxes, index = ctx.saved_tensors
-    return paste_boxes_backward(grad, boxes, index), None, None
-
-
-paste_boxes.register_autograd(_backward, setup_context=_setup_context)
+    return eager.call(paste_boxes_backward, grad, boxes, index), None, None
 
 
 def _backward_of_backward(ctx, grad):
     """paste_boxes_backward is paste_boxes' adjoint, so its derivative is paste_boxes (double backward)."""
     boxes, index = ctx.saved_tensors
-    return paste_boxes(grad, boxes, index), None, None
+    return eager.call(paste_boxes, grad, boxes, index), None, None
 
 
-paste_boxes_backward.register_autograd(_backward_of_backward, setup_context=_setup_context)
+paste_boxes = eager.triton_op("rankmixup_triton::paste_boxes", _paste_boxes, setup_context=_setup_context,
+                              backward=_backward)
+paste_boxes_backward = eager.triton_op("rankmixup_triton::paste_boxes_backward", _paste_boxes_backward,
+                                       setup_context=_setup_context, backward=_backward_of_backward)

@@ -1,11 +1,15 @@
 """How the Triton backend launches its kernels.
 
 A compiled kernel is launched through ``torch.library.wrap_triton``, so that torch.compile and
-torch.export trace the launch into their graphs. A kernel that Triton's interpreter runs
+torch.export trace the launch into their graphs, except in an op's direct eager call
+(:func:`direct`). A kernel that Triton's interpreter runs
 (``TRITON_INTERPRET=1``, the CPU tests) is launched as it is: torch 2.11 refuses to wrap one
 ("wrap_triton only works on functions annotated with triton.jit"), and no torch can trace one
 (fake tensors have no data for the interpreter to run on), so wrapping would add nothing.
 """
+
+import contextlib
+import threading
 
 import triton
 from torch.library import wrap_triton
@@ -33,5 +37,23 @@ def static(value) -> int:
 
 
 def launcher(kernel):
-    """``kernel`` ready for ``[grid](...)``: traceable when compiled, direct when interpreted."""
-    return kernel if interpreted(kernel) else wrap_triton(kernel)
+    """``kernel`` ready for ``[grid](...)``: traceable when compiled; as it is when interpreted
+    or inside :func:`direct`."""
+    return kernel if interpreted(kernel) or getattr(_launches, "direct", False) else wrap_triton(kernel)
+
+
+# Per thread: another thread may be tracing an op meanwhile.
+_launches = threading.local()
+
+
+@contextlib.contextmanager
+def direct():
+    """Within it, kernels launch as they are rather than through wrap_triton, whose launch in
+    eager mode is a higher-order op's dispatch (the eager ops: eager.py; torch.library's
+    triton_op does the same for the op's own eager call)."""
+    outer = getattr(_launches, "direct", False)
+    _launches.direct = True
+    try:
+        yield
+    finally:
+        _launches.direct = outer

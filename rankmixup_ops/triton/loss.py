@@ -27,10 +27,9 @@ device scalar, from a few PyTorch ops) before the mean. No value ever travels to
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from .._types import LossOptions, LossOutput, accumulation_dtype
-from . import launch
+from . import eager, launch
 from .op_args import check_fused_loss_args, check_fused_loss_backward_args
 from .reduce import reduce_loss
 
@@ -331,8 +330,7 @@ def scale_launch_config(num_classes: int) -> dict:
     return launch.block_config(num_classes, 2048)
 
 
-@triton_op("rankmixup_triton::fused_loss", mutates_args=())
-def fused_loss(
+def _fused_loss(
     logits: torch.Tensor,
     mix_logits: torch.Tensor,
     targets: torch.Tensor,
@@ -411,8 +409,7 @@ def fused_loss(
     return loss, ce, rank, grad
 
 
-@triton_op("rankmixup_triton::fused_loss_backward", mutates_args=())
-def fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+def _fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
     """``grad`` ``((K+1)*B, C)`` with row ``r`` scaled by ``grad_loss[r % B]`` (new tensor)."""
     check_fused_loss_backward_args(grad, grad_loss)
     out = torch.empty_like(grad)
@@ -424,6 +421,9 @@ def fused_loss_backward(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Te
             grad, grad_loss, out, grad_loss.shape[0], num_classes, grad_loss.stride(0), **config
         )
     return out
+
+
+fused_loss_backward = eager.triton_op("rankmixup_triton::fused_loss_backward", _fused_loss_backward)
 
 
 def _setup_context(ctx, inputs, output):
@@ -450,7 +450,7 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_grad):
     if grad_loss is None or grad.shape[0] == 0:
         return (None,) * 16
     # grad_loss may be an expanded (stride-0) view of a scalar: the kernel reads it by stride.
-    scaled = fused_loss_backward(grad, grad_loss)
+    scaled = eager.call(fused_loss_backward, grad, grad_loss)
     grad_logits = scaled[: ctx.batch]
     grad_mix = scaled[ctx.batch :].view(ctx.mix_shape)
     if torch.is_grad_enabled():  # create_graph=True
@@ -474,7 +474,8 @@ _NO_SECOND_DERIVATIVE = (
 )
 
 
-fused_loss.register_autograd(_backward, setup_context=_setup_context)
+fused_loss = eager.triton_op("rankmixup_triton::fused_loss", _fused_loss, setup_context=_setup_context,
+                             backward=_backward)
 
 
 def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions, block_c: int = 0) -> LossOutput:
@@ -492,7 +493,8 @@ def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions
         weight_sum = _valid_weight_sum(targets, options)
         ce_scale = torch.where(weight_sum != 0, 1 / weight_sum, 0)
         ce_rescale = ce_scale * count  # the per-sample losses are then averaged over count
-    loss, ce, rank, _ = fused_loss(
+    loss, ce, rank, _ = eager.call(
+        fused_loss,
         logits,
         mix_logits,
         targets,
@@ -512,8 +514,8 @@ def rankmixup_loss(logits, mix_logits, targets, lam, index, options: LossOptions
     )
     if options.reduction == "none":
         return LossOutput(loss, ce, rank)
-    loss, ce, rank, _ = reduce_loss(loss, ce, rank, targets, options.ignore_index, options.reduction == "mean",
-                                    ce_scale)
+    loss, ce, rank, _ = eager.call(reduce_loss, loss, ce, rank, targets, options.ignore_index,
+                                   options.reduction == "mean", ce_scale)
     return LossOutput(loss, ce, rank)
 
 

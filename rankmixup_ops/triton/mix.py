@@ -13,9 +13,8 @@ Arithmetic is float32 (float64 for float64 ``x``); results have ``x``'s dtype.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from . import launch
+from . import eager, launch
 from .op_args import check_mix_args
 
 MAX_BLOCK = 2048
@@ -105,8 +104,7 @@ def inverse_permutation(index: torch.Tensor) -> torch.Tensor:
     return torch.argsort(index, dim=1).contiguous()
 
 
-@triton_op("rankmixup_triton::mix", mutates_args=())
-def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """All K mixes of ``x`` ``(B, *feat)``, as ``(K*B, *feat)`` mix-major, in one launch."""
     check_mix_args("mix", x, lam, index, per_mix_rows=False)
     num_mix, batch = index.shape
@@ -134,8 +132,7 @@ def mix(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     return out
 
 
-@triton_op("rankmixup_triton::mix_backward", mutates_args=())
-def mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _mix_backward(grad: torch.Tensor, lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`mix` with respect to ``x``, ``(B, *feat)``, from ``grad`` ``(K*B, *feat)``."""
     check_mix_args("mix_backward", grad, lam, index, per_mix_rows=True)
     num_mix, batch = index.shape
@@ -180,12 +177,9 @@ def _lam_gradient(x: torch.Tensor, lam: torch.Tensor, index: torch.Tensor, grad:
 
 def _backward(ctx, grad):
     x, lam, index = ctx.saved_tensors
-    grad_x = mix_backward(grad, lam, index) if ctx.needs_input_grad[0] else None
+    grad_x = eager.call(mix_backward, grad, lam, index) if ctx.needs_input_grad[0] else None
     grad_lam = _lam_gradient(x, lam, index, grad) if ctx.needs_input_grad[1] else None
     return grad_x, grad_lam, None
-
-
-mix.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _save_pairing(ctx, inputs, output):
@@ -197,7 +191,9 @@ def _backward_of_backward(ctx, grad):
     if ctx.needs_input_grad[1]:  # an error, not a silent zero
         raise RuntimeError("rankmixup: the derivative of mix's backward with respect to lam is not implemented")
     lam, index = ctx.saved_tensors
-    return mix(grad, lam, index), None, None
+    return eager.call(mix, grad, lam, index), None, None
 
 
-mix_backward.register_autograd(_backward_of_backward, setup_context=_save_pairing)
+mix = eager.triton_op("rankmixup_triton::mix", _mix, setup_context=_setup_context, backward=_backward)
+mix_backward = eager.triton_op("rankmixup_triton::mix_backward", _mix_backward, setup_context=_save_pairing,
+                               backward=_backward_of_backward)

@@ -11,9 +11,8 @@ is one product: every sample's loss gets ``grad_output * scale``, ``scale`` the 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from . import launch
+from . import eager, launch
 from .op_args import check_reduce_loss_args
 
 # Samples per step of the program's loop: the paper's batches in one or two steps.
@@ -60,8 +59,7 @@ def reduce_launch_config(batch: int) -> dict:
     return launch.block_config(batch, MAX_BLOCK, max_warps=4)
 
 
-@triton_op("rankmixup_triton::reduce_loss", mutates_args=())
-def reduce_loss(
+def _reduce_loss(
     loss: torch.Tensor,
     ce: torch.Tensor,
     rank: torch.Tensor,
@@ -111,4 +109,5 @@ def _backward(ctx, grad_loss, grad_ce, grad_rank, grad_scale):
     return (grad_loss * scale).expand(ctx.batch), None, None, None, None, None, None
 
 
-reduce_loss.register_autograd(_backward, setup_context=_setup_context)
+reduce_loss = eager.triton_op("rankmixup_triton::reduce_loss", _reduce_loss, setup_context=_setup_context,
+                              backward=_backward)
