@@ -540,6 +540,13 @@ def test_eager_calls_are_direct_only_where_that_is_the_same(monkeypatch):
         with context:
             assert triton_eager.call(op, x, lam, index) != "direct"
     assert triton_eager.call(op, x.as_subclass(_Subclass), lam, index) != "direct"
+    # torch.func's transforms and the JIT tracer: vmap batches the op by a loop, where the
+    # direct form would be refused; a trace records the op, where the direct form would hand
+    # the tracer's shape tensors to a kernel.
+    taken = []
+    torch.func.vmap(lambda row: taken.append(triton_eager.call(op, row, lam, index)) or row)(x.unsqueeze(0))
+    torch.jit.trace(lambda t: taken.append(triton_eager.call(op, t, lam, index)) or t, (x,), check_trace=False)
+    assert len(taken) == 2 and "direct" not in taken
 
 
 def _op_form(fn, *args):

@@ -9,11 +9,15 @@ that came to about 80 us of a fused_loss call whose body does 24 us of work (doc
 
 :func:`triton_op` registers the op and keeps, beside it, its body with its own setup_context
 and backward as a ``torch.autograd.Function`` whose forward launches the kernels as they are.
-:func:`call` takes that direct form wherever nothing could tell the difference: not under
-torch.compile or torch.export, with no ``__torch_function__`` or ``__torch_dispatch__`` mode
-active, on plain tensors (the rule of compiled._entry, for the C++ operators, plus the
-dispatch modes, which see a torch.library op but not a direct launch). Both forms run the
-same functions, so they compute the same thing, gradients included.
+:func:`call` takes that direct form for plain tensors in plain eager mode: not under
+torch.compile, torch.export or torch.jit.trace, with no ``__torch_function__`` mode (so not
+under ``torch.device(...)`` or a default device either) nor ``__torch_dispatch__`` mode active
+(fake and functional tensors, make_fx, which see a torch.library op but not a direct launch),
+no torch.func transform, and no tensor subclass, nn.Parameter included, among the arguments
+(the rule of compiled._entry, for the C++ operators, plus the dispatch modes, the transforms
+and the tracer). Everything else gets the op. Both forms run the same functions, so they
+compute the same thing, gradients included; forward-mode AD, which neither implements, the
+direct form refuses ("You must implement the jvp function") where the op gives no tangent.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ def call(op: CustomOpDef, *args):
     """``op(*args)``, run directly where that is the same call (see the module's docstring).
     ``args`` must be all of the op's arguments, in order: setup_context and backward see them
     as the op would hand them over."""
-    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled() or torch.jit.is_tracing():
         return op(*args)
-    if _get_current_dispatch_mode() is not None:
+    # torch.func's transforms (vmap batches an op by a loop; the direct form's old-style
+    # autograd.Function is refused under them) and __torch_dispatch__ modes.
+    if torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None:
         return op(*args)
     for arg in args:  # a loop, not all(): no generator object per call
         if isinstance(arg, torch.Tensor) and type(arg) is not torch.Tensor:
